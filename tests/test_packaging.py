@@ -1,0 +1,39 @@
+"""The wheel: library only at run time, torch as a range."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLING = {"nbdev", "papermill", "jupyter", "jupyterlab", "notebook", "nbconvert", "nbformat", "ipykernel",
+           "execnb", "jupytext", "pytest", "build", "fastcore", "ghapi"}
+
+
+@pytest.fixture(scope="module")
+def requirements(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True)
+    wheel = next(out.glob("alignrepro-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "alignrepro/core.py" in archive.namelist()
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    return [Requirement(line.split(":", 1)[1].strip()) for line in lines if line.startswith("Requires-Dist:")]
+
+
+def test_runtime_requirements_hold_no_notebook_or_test_tooling(requirements):
+    runtime = {r.name.lower() for r in requirements if r.marker is None}
+    assert {"torch", "transformers", "trl", "peft", "datasets", "pandas", "seaborn", "tqdm"} <= runtime
+    assert not runtime & TOOLING, runtime & TOOLING
+    dev = {r.name.lower() for r in requirements if r.marker is not None and "dev" in str(r.marker)}
+    assert {"nbdev", "papermill", "nbconvert", "pytest"} <= dev
+
+
+def test_torch_is_a_range_not_a_pin(requirements):
+    torch = next(r for r in requirements if r.name == "torch")
+    assert all(spec.operator not in ("==", "===") for spec in torch.specifier), torch
+    assert torch.specifier.contains("2.13.0") and not torch.specifier.contains("1.13.0")
