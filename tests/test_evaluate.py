@@ -1,0 +1,215 @@
+"""Tests of alignrepro.evaluate: batching equals one-at-a-time, probabilities, KL, sampling, statistics."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from alignrepro.core import CLAIM_COLUMNS
+from alignrepro.evaluate import (bootstrap_ci, claim_row, compare_fits, completion_logprobs, fit_polynomial,
+                                 kl_divergence, next_token_probs, paired_test, sample, sign_verdict,
+                                 spearman_by_group, vader_sentiment, verdict, verdict_from_values)
+
+WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<assistant>"] + (
+    "write a review of the lamp chair is was good great bad awful . and very quite yes no").split()
+PROMPTS = ["<user> write a review of the lamp . <assistant> the lamp is",
+           "<user> review the chair <assistant> very",
+           "<user> write a review of the chair . <assistant> the chair was very quite"]
+COMPLETIONS = ["good .", "bad . and awful . <eos>", "great"]
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    backend = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=["<user>", "<assistant>"])
+
+
+def _model(seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return _tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(0)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_batched_logprobs_equal_unbatched(model, side, reduction):
+    tokenizer = _tokenizer()
+    tokenizer.padding_side = side
+    batched = completion_logprobs(model, tokenizer, PROMPTS, COMPLETIONS, batch_size=3, reduction=reduction)
+    single = [completion_logprobs(model, tokenizer, [p], [c], reduction=reduction)[0]
+              for p, c in zip(PROMPTS, COMPLETIONS)]
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_logprobs_match_manual_sum(model, tokenizer):
+    prompt, completion = PROMPTS[0], COMPLETIONS[0]
+    ids = tokenizer(prompt + " " + completion, return_tensors="pt").input_ids
+    n_prompt = len(tokenizer(prompt).input_ids)
+    logp = torch.log_softmax(model(ids).logits[0], -1)
+    manual = sum(logp[t - 1, ids[0, t]].item() for t in range(n_prompt, ids.shape[1]))
+    got = completion_logprobs(model, tokenizer, [prompt], [completion])[0]
+    assert got == pytest.approx(manual, abs=1e-5)
+    assert completion_logprobs(model, tokenizer, [prompt], [completion], reduction="mean")[0] == \
+        pytest.approx(manual / 2, abs=1e-5)
+
+
+def test_logprobs_reject_bad_reduction(model, tokenizer):
+    with pytest.raises(ValueError, match="reduction"):
+        completion_logprobs(model, tokenizer, PROMPTS, COMPLETIONS, reduction="max")
+
+
+def test_next_token_probs_match_manual_softmax(model, tokenizer):
+    words = ["good", "great", "bad", "awful", "."]
+    probs = next_token_probs(model, tokenizer, PROMPTS, words, batch_size=2)
+    assert probs.shape == (3, 5) and (probs > 0).all() and (probs.sum(1) <= 1 + 1e-6).all()
+    word_ids = [WORDS.index(w) for w in words]
+    for row, prompt in zip(probs, PROMPTS):
+        manual = torch.softmax(model(tokenizer(prompt, return_tensors="pt").input_ids).logits[0, -1], -1)
+        np.testing.assert_allclose(row, manual[word_ids].detach().numpy(), atol=1e-6)
+    all_probs = next_token_probs(model, tokenizer, PROMPTS, WORDS[1:])
+    assert np.allclose(all_probs.sum(1) + next_token_probs(model, tokenizer, PROMPTS, ["<pad>"])[:, 0], 1, atol=1e-5)
+
+
+def test_next_token_probs_reject_multi_token_word(model, tokenizer):
+    with pytest.raises(ValueError, match="single"):
+        next_token_probs(model, tokenizer, PROMPTS, ["good great"])
+
+
+def test_kl_zero_for_same_model_positive_otherwise(model, tokenizer):
+    texts = PROMPTS + [p + " " + c for p, c in zip(PROMPTS, COMPLETIONS)]
+    assert kl_divergence(model, model, tokenizer, texts, batch_size=4) == pytest.approx(0.0, abs=1e-7)
+    other = _model(1)
+    kl = kl_divergence(model, other, tokenizer, texts, batch_size=4)
+    assert kl > 0.01
+    unbatched = [kl_divergence(model, other, tokenizer, [t]) for t in texts]
+    lengths = [len(tokenizer(t).input_ids) for t in texts]
+    assert kl == pytest.approx(np.average(unbatched, weights=lengths), rel=1e-5)
+
+
+def test_sampling_is_seeded(model, tokenizer):
+    first = sample(model, tokenizer, PROMPTS, n=3, max_new_tokens=8, seed=0, batch_size=2)
+    assert len(first) == 3 and all(len(s) == 3 for s in first)
+    assert first == sample(model, tokenizer, PROMPTS, n=3, max_new_tokens=8, seed=0, batch_size=2)
+    assert first != sample(model, tokenizer, PROMPTS, n=3, max_new_tokens=8, seed=1, batch_size=2)
+    assert all(w in WORDS for samples in first for text in samples for w in text.split())
+
+
+def test_greedy_equals_argmax_decoding(model, tokenizer):
+    greedy = sample(model, tokenizer, PROMPTS, n=2, temperature=0, max_new_tokens=7)
+    for prompt, texts in zip(PROMPTS, greedy):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        start = ids.shape[1]
+        for _ in range(7):
+            token = model(ids).logits[0, -1].argmax().view(1, 1)
+            if token.item() == tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, token], 1)
+        assert texts == [tokenizer.decode(ids[0, start:], skip_special_tokens=True)] * 2
+
+
+def test_sampling_stops_at_eos_and_stop_strings(model):
+    tokenizer = _tokenizer()
+    first_word = sample(model, tokenizer, PROMPTS[:1], temperature=0, max_new_tokens=1)[0][0]
+    tokenizer.eos_token = first_word  # greedy's first word is now the end of sequence
+    texts = sample(model, tokenizer, PROMPTS, temperature=0, max_new_tokens=6)
+    assert texts[0] == [""] and all(first_word not in row[0].split() for row in texts)
+    cut = sample(model, _tokenizer(), PROMPTS, n=4, max_new_tokens=10, stop=["good", "bad"], seed=3)
+    assert all("good" not in t and "bad" not in t for row in cut for t in row)
+
+
+def test_vader_orders_obvious_sentences():
+    scores = vader_sentiment(["I love this wonderful lamp, it is great!", "This is a chair.",
+                              "Horrible, awful chair. I hate it."])
+    assert scores[0] > scores[1] > scores[2] and (np.abs(scores) <= 1).all()
+
+
+def test_bootstrap_ci_covers_true_mean_at_nominal_rate():
+    rng = np.random.default_rng(0)
+    hits = [lo <= 1.0 <= hi for lo, hi in
+            (bootstrap_ci(rng.exponential(1.0, 40), n_boot=300, seed=i)[1:] for i in range(300))]
+    assert 0.87 <= np.mean(hits) <= 0.99
+    estimate, low, high = bootstrap_ci([1.0, 2.0, 3.0, 4.0], stat=np.median)
+    assert estimate == 2.5 and low < estimate < high
+
+
+def test_t_interval_matches_scipy():
+    values = [0.1, 0.4, 0.25]
+    estimate, low, high = bootstrap_ci(values, method="t")
+    ref = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+    np.testing.assert_allclose([low, high], ref)
+    with pytest.raises(ValueError):
+        bootstrap_ci(values, stat=np.median, method="t")
+
+
+def test_paired_test_exact_and_t():
+    a, b = [3.0, 4.0, 5.0, 6.0], [1.0, 1.0, 1.0, 1.0]
+    result = paired_test(a, b)
+    assert result["n_pos"] == 4 and result["n"] == 4 and result["p_value"] == pytest.approx(2 / 16)
+    assert result["mean_diff"] == 3.5 and 0 < result["ci_low"] < 3.5 < result["ci_high"]
+    mixed = paired_test([1.0, -1.0, 2.0, -2.0], [0.0] * 4)
+    assert mixed["p_value"] == 1.0 and mixed["n_pos"] == 2
+    assert paired_test(a, b, method="t")["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    rng = np.random.default_rng(0)
+    big = paired_test(rng.normal(0.5, 1, 40), np.zeros(40))  # sampled sign patterns
+    assert big["p_value"] < 0.05
+
+
+def test_spearman_by_group():
+    frame = pd.DataFrame({"seed": [0] * 3 + [1] * 3, "x": [1, 2, 3] * 2, "y": [1, 2, 3, 3, 2, 1]})
+    assert spearman_by_group(frame, "x", "y")["rho"].tolist() == [1.0, -1.0]
+
+
+def test_fit_polynomial_recovers_shape():
+    x = np.linspace(-1, 1, 15)
+    y = 1 + 2 * x - 3 * x ** 2 + np.random.default_rng(0).normal(0, 0.01, x.size)
+    fit = fit_polynomial(x, y, 2)
+    np.testing.assert_allclose(fit["coef"], [1, 2, -3], atol=0.05)
+    assert fit["r2"] > 0.99 and fit["powers"] == [0, 1, 2]
+    table = compare_fits(x, y, {"linear": 1, "quadratic": 2, "pure": (0, 2)})
+    assert table["delta_aic"].idxmin() == "quadratic" and table.loc["linear", "r2"] < 0.9
+    exact = fit_polynomial([0, 1, 2, 3], [1, 3, 5, 7], 1)
+    assert exact["loo_mse"] == pytest.approx(0, abs=1e-20) and exact["r2"] == pytest.approx(1)
+
+
+def test_verdict_three_outcomes():
+    assert verdict(0.03, 0.01, 0.05)["verdict"] == "reproduced"
+    assert verdict(0.03, 0.01, 0.05, expected="negative")["verdict"] == "not reproduced"
+    assert verdict(-0.03, -0.05, -0.01, expected="negative")["verdict"] == "reproduced"
+    assert verdict(0.01, -0.01, 0.03)["verdict"] == "inconclusive"
+    assert verdict(0.7, 0.55, 0.8, threshold=0.6)["verdict"] == "inconclusive"
+    assert verdict(0.031, 0.012, 0.05, n=3)["statistic"] == "mean 0.031 [0.012, 0.050], n=3 seeds"
+    with pytest.raises(ValueError):
+        verdict(0.1, 0.0, 0.2, expected="up")
+
+
+def test_verdict_from_values_and_sign_verdict():
+    assert verdict_from_values([0.2, 0.3, 0.25, 0.28])["verdict"] == "reproduced"
+    assert verdict_from_values([-0.2, -0.3, -0.25])["verdict"] == "not reproduced"
+    assert verdict_from_values([0.2, -0.3, 0.25, -0.1], method="t")["verdict"] == "inconclusive"
+    assert sign_verdict([1.0] * 16)["verdict"] == "reproduced"
+    assert sign_verdict([-1.0] * 16)["verdict"] == "not reproduced"
+    assert sign_verdict([1.0] * 5 + [-1.0] * 5 + [0.0])["statistic"].startswith("5/10")
+
+
+def test_claim_row_columns():
+    row = claim_row("s", "c1", "claim", "paper says", "we measured", verdict(1.0, 0.5, 1.5))
+    assert list(row) == CLAIM_COLUMNS and row["verdict"] == "reproduced"
+    with pytest.raises(ValueError):
+        claim_row("s", "c1", "claim", "paper", "measured", {"verdict": "yes", "statistic": ""})
