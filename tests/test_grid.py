@@ -1,0 +1,74 @@
+"""Grids: submitit's local executor, resuming after kill -9 with the same table as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from alignrepro.core import RunStore
+from alignrepro.grid import grid_cells, run_grid
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np, pandas as pd
+    from alignrepro.core import RunStore, seed_everything
+    from alignrepro.grid import grid_cells, run_grid
+
+    def cell_result(cell):
+        seed_everything(cell["seed"])
+        time.sleep(float(sys.argv[2]))
+        return pd.DataFrame({"step": range(5), "loss": np.random.rand(5) * cell["lr"]})
+
+    cells = grid_cells({"study": "killtest"}, {"lr": [0.1, 0.2, 0.3], "seed": [0, 1, 2, 3]})
+    table = run_grid(cells, cell_result, RunStore(sys.argv[1]), log=lambda line: print(line, flush=True))
+    table.to_parquet(sys.argv[1] + "/final.parquet")
+""")
+
+
+def run_script(tmp_path, root, delay):
+    script = tmp_path / "grid_script.py"
+    script.write_text(SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(root), str(delay)], stdout=subprocess.PIPE, text=True)
+
+
+def test_grid_killed_midway_resumes_to_the_uninterrupted_table(tmp_path):
+    reference = run_script(tmp_path, tmp_path / "ref", 0)
+    assert reference.wait(timeout=300) == 0
+    root = tmp_path / "killed"
+    proc = run_script(tmp_path, root, 0.5)
+    deadline = time.time() + 120
+    while len(list(root.glob("killtest/*/result.parquet"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(root.glob("killtest/*/result.parquet")))
+    assert 4 <= done < 12, done
+    assert not list(root.glob("killtest/*/*.tmp")), "a half-written result was left behind"
+    resumed = run_script(tmp_path, root, 0)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0
+    assert f"{done} of 12 cells already done, {12 - done} to run" in out
+    pd.testing.assert_frame_equal(pd.read_parquet(root / "final.parquet"), pd.read_parquet(tmp_path / "ref" / "final.parquet"))
+
+
+def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
+    store = RunStore(tmp_path / "runs")
+
+    def cube(cell):  # a closure: submitit pickles it by value for its worker processes
+        import os
+        return pd.DataFrame({"value": [cell["x"] ** 3], "pid": [os.getpid()]})
+
+    cells = grid_cells({"study": "sub"}, {"x": [1, 2, 3]})
+    store.get_or_run(cells[0], lambda: pd.DataFrame({"value": [1], "pid": [os.getpid()]}))
+    table = run_grid(cells, cube, store, executor="submitit-local", max_parallel=2, log=lambda line: None)
+    assert table.value.tolist() == [1, 8, 27]
+    assert table.pid.iloc[0] == os.getpid() and os.getpid() not in table.pid.iloc[1:].tolist()
+
+
+def test_grid_rejects_unknown_executor(tmp_path):
+    with pytest.raises(ValueError, match="allowed: 'local', 'submitit'"):
+        run_grid([], lambda cell: pd.DataFrame(), RunStore(tmp_path), executor="kubernetes")
