@@ -58,6 +58,17 @@ def test_batched_logprobs_equal_unbatched(model, side, reduction):
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
+def test_scores_use_eval_mode_and_restore_it(model, tokenizer):
+    noisy = LlamaForCausalLM(LlamaConfig(**{**model.config.to_dict(), "attention_dropout": 0.5}))
+    noisy.load_state_dict(model.state_dict())
+    noisy.train()
+    noisy.model.layers[0].eval()  # a mixed state, restored as it was
+    expected = completion_logprobs(model, tokenizer, PROMPTS, COMPLETIONS)
+    np.testing.assert_allclose(completion_logprobs(noisy, tokenizer, PROMPTS, COMPLETIONS), expected, atol=1e-5)
+    assert kl_divergence(noisy, model, tokenizer, PROMPTS) == pytest.approx(0.0, abs=1e-7)
+    assert noisy.training and noisy.model.layers[1].training and not noisy.model.layers[0].training
+
+
 def test_logprobs_match_manual_sum(model, tokenizer):
     prompt, completion = PROMPTS[0], COMPLETIONS[0]
     ids = tokenizer(prompt + " " + completion, return_tensors="pt").input_ids
