@@ -1,0 +1,78 @@
+"""Pre-training throughput: alignrepro.models' loop against a bare PyTorch loop, same model and batches.
+
+Both loops train a fresh copy of the same toy model (same seed) on the same padded batches of world
+documents, one pass, on the same device. Throughput is real (non-pad) tokens per second of wall-clock
+time around the whole loop (the library's includes its learning-rate schedule, gradient clipping,
+per-step log and progress bar). The runs alternate and the best of `--repeats` of each is kept, so a
+busy machine slows both alike. Prints both and their ratio (library / bare; aim >= 0.8).
+
+    python benchmarks/bench_pretrain.py --size xs --n-tokens 100000
+"""
+import argparse
+import time
+
+import torch
+
+from alignrepro.core import get_device
+from alignrepro.models import LADDER, _document_batches, _train, toy_model, toy_tokenizer
+from alignrepro.world import ToyWorld, WorldConfig
+
+
+def bare_loop(model: torch.nn.Module, batches: list[torch.Tensor], pad_id: int, lr: float,
+              device: torch.device) -> float:
+    "Tokens per second of the plainest loop: forward, backward, AdamW step."
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    tokens, started = 0, time.perf_counter()
+    for batch in batches:
+        input_ids = batch.to(device)  # (B, T)
+        mask = input_ids != pad_id  # (B, T)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids.masked_fill(~mask, -100)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        tokens += int(mask.sum())
+    return tokens / (time.perf_counter() - started)
+
+
+def library_loop(model: torch.nn.Module, batches: list[torch.Tensor], pad_id: int, lr: float,
+                 device: torch.device) -> float:
+    "Tokens per second of alignrepro.models' pre-training loop (no checkpoints saved)."
+    started = time.perf_counter()
+    log = _train(model, batches, pad_id, lr, "cosine", 0.1, {}, device)
+    return int(log.tokens.iloc[-1]) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="xs", choices=list(LADDER), help="ladder rung")
+    parser.add_argument("--arch", default="llama", choices=["llama", "mistral"], help="architecture")
+    parser.add_argument("--n-tokens", type=int, default=100_000, help="tokens per run")
+    parser.add_argument("--batch-size", type=int, default=64, help="documents per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each loop; the best is kept")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    args = parser.parse_args()
+
+    device = get_device(args.device)
+    world = ToyWorld(WorldConfig())
+    tokenizer = toy_tokenizer(world.vocab)
+    batches = _document_batches(tokenizer, world.pretraining_dataset(args.n_tokens, seed=0)["text"],
+                                args.batch_size, 128, seed=0)
+    warmup = toy_model(args.size, len(tokenizer), args.arch, seed=0)
+    bare_loop(warmup, batches[:3], tokenizer.pad_token_id, args.lr, device)  # first-call allocations
+    bare, library = [], []
+    for _ in range(args.repeats):
+        for results, loop in ((bare, bare_loop), (library, library_loop)):
+            model = toy_model(args.size, len(tokenizer), args.arch, seed=0)
+            results.append(loop(model, batches, tokenizer.pad_token_id, args.lr, device))
+    print(f"device {device}, {args.size}/{args.arch} ({warmup.num_parameters() / 1e6:.2f}M parameters), "
+          f"{len(batches)} batches of {args.batch_size} documents, torch threads {torch.get_num_threads()}")
+    print(f"bare PyTorch loop: {max(bare):,.0f} tokens/s   (runs: {', '.join(f'{x:,.0f}' for x in bare)})")
+    print(f"alignrepro loop:   {max(library):,.0f} tokens/s   (runs: {', '.join(f'{x:,.0f}' for x in library)})")
+    print(f"ratio library / bare: {max(library) / max(bare):.2f}")
+
+
+if __name__ == "__main__":
+    main()
