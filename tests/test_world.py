@@ -75,7 +75,8 @@ def test_vocab_covers_every_generated_word(world, skewed):
 def test_pretraining_follows_token_budget_and_shares(skewed, skewed_corpus):
     n_words = skewed_corpus.text.str.split().str.len()
     assert 60_000 <= n_words.sum() < 60_000 + n_words.max()
-    assert (skewed_corpus.text.str.endswith("<eos>")).all()
+    assert (skewed_corpus.text.str.endswith("<eos>")).all() and n_words.max() <= 64
+    assert n_words[skewed_corpus.behaviour == "reviews"].max() <= 48
     shares = skewed_corpus.behaviour.value_counts(normalize=True)
     for behaviour, share in zip(("reviews", "safety", "help", "facts", "filler"), SKEWED.behaviour_mix):
         assert abs(shares[behaviour] - share) < 0.03, (behaviour, shares[behaviour])
@@ -226,5 +227,9 @@ def test_config_validation():
         WorldConfig(behaviour_mix=(0.5, 0.5, 0.5, 0, 0))
     with pytest.raises(ParameterError, match="facts_seen_fraction"):
         WorldConfig(facts_seen_fraction=1.5)
+    with pytest.raises(ParameterError, match="facts_seen_fraction"):
+        ToyWorld(WorldConfig(facts_seen_fraction=0.0))
+    only_reviews = ToyWorld(WorldConfig(facts_seen_fraction=0.0, behaviour_mix=(1, 0, 0, 0, 0)))
+    assert set(only_reviews.pretraining_dataset(500, with_labels=True)["behaviour"]) == {"reviews"}
     with pytest.raises(ParameterError, match="polarity"):
         ToyWorld().sentiment_dataset(3, "happy")
