@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
-from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignrepro.core import CLAIM_COLUMNS
 from alignrepro.evaluate import (bootstrap_ci, claim_row, compare_fits, completion_logprobs, fit_polynomial,
                                  kl_divergence, next_token_probs, paired_test, sample, sign_verdict,
                                  spearman_by_group, vader_sentiment, verdict, verdict_from_values)
+from alignrepro.models import toy_model, toy_tokenizer
 
 WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<assistant>"] + (
     "write a review of the lamp chair is was good great bad awful . and very quite yes no").split()
@@ -21,20 +21,11 @@ COMPLETIONS = ["good .", "bad . and awful . <eos>", "great"]
 
 
 def _tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>",
-                                   additional_special_tokens=["<user>", "<assistant>"])
+    return toy_tokenizer(WORDS)
 
 
 def _model(seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+    return toy_model("xs", len(WORDS), seed=seed).eval()
 
 
 @pytest.fixture(scope="module")
