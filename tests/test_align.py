@@ -1,4 +1,5 @@
 """Tests for alignrepro.align: SFT and DPO over trl, LoRA / QLoRA adapters, presets."""
+import copy
 import dataclasses
 
 import pytest
@@ -52,7 +53,9 @@ def test_sft_raises_the_target_completion_and_leaves_the_input_model_alone(tiny,
     before_weights = state(model)
     before = logprob(model, tokenizer, PROMPT, " great .")
     tuned, log = sft(model, tokenizer, sft_data, quick("cpu_sft"))
-    assert logprob(tuned, tokenizer, PROMPT, " great .") > before + 1
+    after = logprob(tuned, tokenizer, PROMPT, " great .")
+    assert after > before + 1
+    assert logprob(copy.deepcopy(tuned), tokenizer, PROMPT, " great .") == after  # trl's forward patch is removed
     assert list(log.step) == list(range(1, 7))
     assert {"step", "loss", "learning_rate", "grad_norm"} <= set(log.columns)
     assert log.loss.iloc[-1] < log.loss.iloc[0]
@@ -114,6 +117,7 @@ def test_adapters_move_the_behaviour_and_only_adapters_change(tiny, sft_data, pe
     assert all(torch.equal(base[name], trained[name]) for name in base)
     assert any("lora_" in name for name, p in tuned.named_parameters() if p.requires_grad)
     assert all("lora_" in name for name, p in tuned.named_parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in tuned.parameters() if p.requires_grad)  # trl casts QLoRA's to bf16
 
 
 def test_lora_rank_and_targets_reach_peft(tiny, sft_data):
@@ -142,6 +146,20 @@ def test_dpo_reference_is_the_starting_model(tiny, dpo_data):
     assert all(torch.equal(a, b) for a, b in zip(full.ref_model.state_dict().values(), model.state_dict().values()))
     adapter = dpo_trainer(model, tokenizer, dpo_data, quick("cpu_dpo"), peft="lora")
     assert adapter.ref_model is None  # trl scores the reference with the adapter disabled
+
+
+def test_stages_chain(tiny, sft_data, dpo_data):
+    model, tokenizer = tiny
+    first, _ = sft(model, tokenizer, sft_data, quick("cpu_sft"), peft="lora")
+    first_score = logprob(first, tokenizer, PROMPT, " great .")
+    second, _ = dpo(first, tokenizer, dpo_data, quick("cpu_dpo"))  # keeps training the adapter, against a frozen copy
+    assert margin(second, tokenizer) > margin(first, tokenizer) + 1
+    third, _ = sft(first, tokenizer, sft_data, quick("cpu_sft", max_steps=1), peft="lora")  # merged, then a new adapter
+    assert list(third.peft_config) == ["default"] and not any("base_layer.lora" in n for n, _ in third.named_modules())
+    assert logprob(first, tokenizer, PROMPT, " great .") == first_score  # the input of each stage is untouched
+    with pytest.raises(ParameterError, match="4-bit"):
+        sft(sft(model, tokenizer, sft_data, quick("cpu_sft", max_steps=1), peft="qlora")[0], tokenizer, sft_data,
+            quick("cpu_sft"), peft="lora")
 
 
 def test_presets_hold_the_papers_numbers_and_overrides_make_fresh_copies():
