@@ -1,0 +1,229 @@
+"""Tests of alignrepro.repe: steering hooks, reading directions, measurements, fits, claims, and the chapter."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from alignrepro.core import ParameterError, VERDICTS
+from alignrepro.evaluate import completion_logprobs
+from alignrepro.models import toy_tokenizer
+from alignrepro.repe import (alignment_scores, claims_table, compare_forms, completion_scores, decoder_layers,
+                             direction, fit_saturating, layer_indices, norm_sweep, read_activations, resolve_setup,
+                             seed_statistics, steer, steering_vectors)
+from alignrepro.world import ToyWorld
+
+PROMPT = "<user> how is the lamp ? <assistant> the lamp is"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    "A tiny random Llama with the toy world's tokenizer."
+    tokenizer = toy_tokenizer(ToyWorld().vocab)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2)).eval()
+    return model, tokenizer
+
+
+def _logits(model, tokenizer, texts):
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_zero_vector_leaves_logits_unchanged_exactly(tiny):
+    model, tokenizer = tiny
+    texts = ToyWorld().review_prompts(3)
+    plain = _logits(model, tokenizer, texts)
+    with steer(model, {0: torch.zeros(32), 2: torch.zeros(32)}, coefficient=5.0):
+        assert torch.equal(_logits(model, tokenizer, texts), plain)
+    with steer(model, {1: torch.ones(32)}, coefficient=0.0):
+        assert torch.equal(_logits(model, tokenizer, texts), plain)
+
+
+def test_hooks_removed_after_use_and_after_an_exception(tiny):
+    model, tokenizer = tiny
+    plain = _logits(model, tokenizer, [PROMPT])
+    with steer(model, {0: torch.ones(32)}):
+        assert len(decoder_layers(model)[0]._forward_hooks) == 1
+        assert not torch.allclose(_logits(model, tokenizer, [PROMPT]), plain)
+    with pytest.raises(RuntimeError, match="boom"):
+        with steer(model, {0: torch.ones(32), 2: torch.ones(32)}):
+            _logits(model, tokenizer, [PROMPT])
+            raise RuntimeError("boom")
+    assert all(len(block._forward_hooks) == 0 for block in decoder_layers(model))
+    assert torch.equal(_logits(model, tokenizer, [PROMPT]), plain)
+
+
+def test_nonzero_vector_moves_the_behaviour_in_its_direction(tiny):
+    "A vector along the unembedding difference good - bad, added after the last block, raises P(good) vs P(bad)."
+    model, tokenizer = tiny
+    good, bad = tokenizer.convert_tokens_to_ids(["good", "bad"])
+    vector = model.lm_head.weight[good] - model.lm_head.weight[bad]
+    pairs = pd.DataFrame(dict(prompt=[PROMPT, "<user> what do you think of the mug ? <assistant> the mug is"],
+                              chosen=["good"] * 2, rejected=["bad"] * 2))
+    log_odds = []
+    for coefficient in (-2.0, -1.0, 0.0, 1.0, 2.0):
+        with steer(model, {2: vector.detach()}, coefficient):
+            log_odds.append(alignment_scores(model, tokenizer, pairs).mean())
+    assert np.all(np.diff(log_odds) > 0), log_odds
+
+
+def test_decoder_layers_found_in_other_architectures():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
+    assert decoder_layers(model) is model.transformer.h
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with steer(model, {1: torch.ones(16)}):
+            moved = model(ids).logits
+    assert not torch.allclose(plain, moved) and torch.equal(model(ids).logits, plain)
+    wrapper = torch.nn.Module()  # no known path: found as the ModuleList of num_hidden_layers blocks
+    wrapper.config, wrapper.inner = model.config, torch.nn.Module()
+    wrapper.inner.blocks = model.transformer.h
+    assert decoder_layers(wrapper) is model.transformer.h
+    assert layer_indices(model, [0.0, 0.4, 1.0]) == [0, 1]
+
+
+def test_read_activations_match_hidden_states(tiny):
+    model, tokenizer = tiny
+    prompts, completions = [PROMPT, "<user> how is the mug ? <assistant>"], ["good . it is", "the mug is bad"]
+    read = read_activations(model, tokenizer, prompts, completions, [0, 1], reduce="last")
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        batch = tokenizer([f"{p} {c}"], return_tensors="pt")
+        with torch.no_grad():
+            states = model(**batch, output_hidden_states=True).hidden_states
+        for layer in (0, 1):
+            assert torch.allclose(read[layer][row], states[layer + 1][0, -1], atol=1e-5)
+    mean = read_activations(model, tokenizer, prompts[:1], completions[:1], [1], reduce="mean")[1][0]
+    batch = tokenizer([f"{prompts[0]} {completions[0]}"], return_tensors="pt")
+    n_completion = len(completions[0].split())
+    with torch.no_grad():
+        states = model(**batch, output_hidden_states=True).hidden_states[2][0, -n_completion:]
+    assert torch.allclose(mean, states.mean(0), atol=1e-5)
+
+
+def test_direction_recovers_a_planted_axis():
+    generator = torch.Generator().manual_seed(1)
+    axis = torch.nn.functional.normalize(torch.randn(24, generator=generator), dim=0)
+    base = torch.randn(40, 24, generator=generator)
+    for method in ("pca", "mean"):
+        found = direction(base + 1.5 * axis + 0.2 * torch.randn(40, 24, generator=generator), base, method)
+        assert float(found @ axis) > 0.95
+        assert float(direction(base, base + 1.5 * axis, method) @ axis) < -0.95  # oriented to the aligned side
+    with pytest.raises(ValueError, match="method"):
+        direction(base, base, "median")
+
+
+def test_completion_scores_agree_with_evaluate(tiny):
+    model, tokenizer = tiny
+    prompts, completions = [PROMPT, PROMPT, "<user> how is the mug ?"], ["good", "good . i love it", "<assistant> the mug"]
+    ours = completion_scores(model, tokenizer, prompts, completions, batch_size=2)
+    theirs = completion_logprobs(model, tokenizer, prompts, [" " + c for c in completions])
+    assert np.allclose(ours.logprob, theirs, atol=1e-4) and ours.n_tokens.tolist() == [1, 5, 3]
+    with torch.no_grad():
+        top = tokenizer.convert_ids_to_tokens(int(_logits(model, tokenizer, [PROMPT])[0, -1].argmax()))
+    assert completion_scores(model, tokenizer, [PROMPT], [top]).greedy[0]
+
+
+def test_norm_sweep_rows_and_reference(tiny):
+    model, tokenizer = tiny
+    units, scales = steering_vectors(model, tokenizer, pd.DataFrame(dict(
+        prompt=[PROMPT] * 3, chosen=["great . it is", "good . it is", "nice . it is"],
+        rejected=["awful . it is", "bad . it is", "poor . it is"])), [1])
+    behaviour = pd.DataFrame(dict(prompt=[PROMPT], chosen=[["good", "great"]], rejected=[["bad"]]))
+    questions = pd.DataFrame(dict(prompt=[PROMPT, PROMPT], answer=["good", "bad"]))
+    sweep = norm_sweep(model, tokenizer, units, scales, [1.0, 0.0, -1.0], behaviour, questions, ["the sun is warm today ."])
+    assert sweep.norm.tolist() == [-1.0, 0.0, 1.0]
+    assert sweep.alignment.between(0, 1).all() and (sweep.loss > 0).all()
+    assert len(set(sweep.alignment.round(8))) == 3  # steering changed the behaviour
+    with pytest.raises(ValueError, match="norms"):
+        norm_sweep(model, tokenizer, units, scales, [1.0, -1.0], behaviour, questions, ["the sun is warm today ."])
+
+
+def test_fits_recognise_known_forms():
+    x = np.linspace(-2, 2, 25)
+    noise = np.random.default_rng(3).normal(0, 0.003, x.size)
+    saturating = fit_saturating(x, 0.4 + 0.25 * np.tanh(1.2 * x) + noise)
+    assert np.allclose(saturating["coef"], [0.4, 0.25, 1.2], atol=0.03) and saturating["r2"] > 0.99
+    assert compare_forms(x, 0.4 + 0.25 * np.tanh(1.2 * x) + noise).delta_aic.idxmin() == "saturating"
+    assert compare_forms(x, 0.3 - 0.04 * x ** 2 + noise).delta_aic.idxmin() == "quadratic"
+    linear = compare_forms(x, 0.5 + 0.05 * x + noise)
+    assert linear.loc["linear", "delta_aic"] < 2.5 and linear.loc["linear", "r2"] > 0.99
+    with pytest.raises(ValueError):
+        fit_saturating(x[:4], x[:4])
+
+
+def _synthetic_sweeps(slope: float, curvature: float, seeds=(0, 1, 2)) -> pd.DataFrame:
+    norms = np.array([-2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 1, 2])
+    rows = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        alignment = 0.5 + 0.3 * np.tanh(slope / 0.3 * norms) + rng.normal(0, 1e-4, norms.size)
+        p_correct = 0.3 + curvature * norms ** 2 + rng.normal(0, 1e-4, norms.size)
+        rows.append(pd.DataFrame(dict(seed=seed, norm=norms, alignment=alignment, p_correct=p_correct)))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_statistics_and_verdicts_follow_the_data():
+    stats = seed_statistics(_synthetic_sweeps(0.1, -0.05), small_norm=0.5)
+    assert np.allclose(stats.alignment_slope, 0.1, atol=0.01) and np.allclose(stats.helpfulness_curvature, -0.05, atol=0.005)
+    assert np.allclose(stats.efficient_until, 2.0, rtol=0.15)
+    claims = claims_table(stats, "toy", 0.5).set_index("claim_id")
+    assert set(claims.verdict) <= set(VERDICTS) and len(claims) == 6
+    assert (claims.verdict == "reproduced").all(), claims.verdict
+    opposite = claims_table(seed_statistics(_synthetic_sweeps(-0.1, 0.05), 0.5), "toy", 0.5).set_index("claim_id")
+    assert opposite.verdict["alignment_increases_toy"] == "not reproduced"
+    assert opposite.verdict["helpfulness_decreases_toy"] == "not reproduced"
+
+
+def test_resolve_setup_for_every_scale():
+    toy = resolve_setup("toy", [0.0], [-1, 0, 1], 4, 4, 4, 2, toy_size="xs", toy_tokens=1000)
+    assert toy["model"]["kind"] == "toy" and toy["behaviour"] == "world:sentiment" and toy["norms"] == [-1.0, 0.0, 1.0]
+    small = resolve_setup("small", [0.2, 0.3], [0, 1], 4, 4, 4, 2, model="smollm2")
+    assert small["model"] == {"kind": "smollm2"} and small["questions"] == "facts:capital"
+    paper = resolve_setup("paper", [0.25], [0, 1], 64, 64, 64, 16, model="mistralai/Mistral-7B-Instruct-v0.2")
+    assert paper["model"] == {"kind": "hub", "name": "mistralai/Mistral-7B-Instruct-v0.2"}
+    assert (paper["behaviour"], paper["questions"], paper["reduce"]) == ("hh_rlhf:harmless", "triviaqa:validation", "mean")
+    with pytest.raises(ParameterError, match="scale"):
+        resolve_setup("huge", [0.0], [0, 1], 4, 4, 4, 2)
+
+
+TINY = dict(toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3, small_model=None,
+            norms=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
+
+
+def test_chapter_runs_with_tiny_parameters(run_chapter):
+    import os
+
+    from alignrepro.core import RunStore
+
+    executed, out_dir = run_chapter("05_repe", seeds=[0, 1, 2], **TINY)
+    claims = pd.read_csv(out_dir / "claims.csv")
+    assert len(claims) == 6 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
+    assert (out_dir / "tradeoff_toy.png").stat().st_size > 10_000
+    runs = RunStore(os.environ["ALIGNREPRO_RUNS"]).query("repe")
+    per_seed = runs.groupby("seed").alignment.apply(tuple)
+    assert len(per_seed) == 3 and len(set(per_seed)) == 3  # different seeds measure different numbers
+
+
+def test_chapter_bad_parameter_fails_fast(run_chapter):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_chapter("05_repe", method="median", **TINY)
+    assert error.value.ename == "ParameterError" and "method" in error.value.evalue
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_chapter("05_repe", small_norm=0.1, **TINY)
+    assert error.value.ename == "ParameterError" and "small_norm" in error.value.evalue
+
+
+@pytest.mark.slow
+def test_small_scale_smollm2_sweep():
+    from alignrepro.repe import load_for, sweep_seed
+    setup = resolve_setup("small", [0.25], [-0.5, 0.0, 0.5], 4, 4, 4, 2)
+    model, tokenizer = load_for(setup, seed=0)
+    sweep = sweep_seed(setup, 0, model, tokenizer)
+    assert sweep.norm.tolist() == [-0.5, 0.0, 0.5] and sweep.alignment.between(0, 1).all()
+    assert sweep.loss.iloc[1] < sweep.loss.iloc[[0, 2]].max()
