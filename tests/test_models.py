@@ -1,5 +1,6 @@
 """Tests of alignrepro.models: tokenizer, ladder, pre-training (quality, determinism, cache), loading."""
 import time
+from collections import Counter
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch
 import alignrepro.models as models
 from alignrepro.core import ParameterError, RunStore
 from alignrepro.models import LADDER, load_model, pretrain, smollm2, toy_model, toy_tokenizer
-from alignrepro.world import ToyWorld, WorldConfig
+from alignrepro.evaluate import sample
+from alignrepro.world import BEHAVIOURS, ToyWorld, WorldConfig
 
 WORLD = WorldConfig()
 
@@ -160,3 +162,42 @@ def test_smollm2_answers_capital_of_france():
     inputs = tokenizer(chat, return_tensors="pt", add_special_tokens=False)
     output = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     assert "Paris" in tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+SHARES_WORLD = WorldConfig(sentiment_pos_share=0.7, safety_shares=(0.2, 0.3, 0.5))  # shares unlike the defaults
+SHARES_SIZE, SHARES_TOKENS, SHARES_BATCH = "xs", 1_000_000, 32  # xs at 300k tokens, batch 16 was 5-8 points off
+SHARES_TOLERANCE = 0.06  # "within a few points"; about 2.5 standard errors at n = 400
+
+
+def _behaviour(world, text: str) -> str:
+    "The behaviour of a sampled document, by the world's oracles and words (exact on real documents)."
+    if "<user>" not in text:
+        return "facts" if set(world.entities) & set(text.split()) else "filler"
+    if world.safety_label(text) != "other":
+        return "safety"
+    return "reviews" if set(world.items) & set(text.split("<assistant>", 1)[0].split()) else "help"
+
+
+def test_behaviour_classifier_is_exact_on_pretraining_documents():
+    world = ToyWorld(SHARES_WORLD)
+    documents = world.pretraining_dataset(20_000, seed=4, with_labels=True)
+    assert [_behaviour(world, t) for t in documents["text"]] == list(documents["behaviour"])
+
+
+@pytest.mark.slow
+def test_samples_follow_pretraining_shares():
+    "Sampled at temperature 1, a pre-trained toy model reproduces the world's shares within a few points."
+    world, n = ToyWorld(SHARES_WORLD), 400
+    toy = pretrain(SHARES_WORLD, SHARES_SIZE, SHARES_TOKENS, seed=0, batch_size=SHARES_BATCH)
+    model, tokenizer = toy.load(device="cpu")
+    documents = sample(model, tokenizer, [""], n=n, max_new_tokens=64, seed=0)[0]
+    mix = Counter(_behaviour(world, text) for text in documents)
+    measured = {behaviour: mix[behaviour] / n for behaviour in BEHAVIOURS}
+    assert all(abs(measured[b] - share) < SHARES_TOLERANCE for b, share in zip(BEHAVIOURS, SHARES_WORLD.behaviour_mix)), measured
+    reviews = [texts[0] for texts in sample(model, tokenizer, world.review_prompts(n, seed=1), max_new_tokens=4, seed=0)]
+    polarity = [world.sentiment_score(f"<assistant> {text}") for text in reviews]
+    assert abs(sum(p > 0 for p in polarity) / n - SHARES_WORLD.sentiment_pos_share) < SHARES_TOLERANCE
+    answers = sample(model, tokenizer, world.harmful_prompts(n, seed=1)["prompt"], max_new_tokens=32, seed=0)
+    labels = Counter(world.safety_label(texts[0]) for texts in answers)
+    for label, share in zip(("refusal", "safe", "harmful"), SHARES_WORLD.safety_shares):
+        assert abs(labels[label] / n - share) < SHARES_TOLERANCE, labels
