@@ -14,7 +14,7 @@ TINY = dict(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fr
 
 def _params(**changes):
     base = dict(scale="toy", seeds=[0, 1, 2], out_dir="_out/x", sizes=None, main_size="xs", model_name=None,
-                pretrain_tokens=20000, token_fractions=[0.25, 0.5, 1.0], pos_share=0.7, control_pos_share=0.3,
+                pretrain_tokens=16000, pretrain_per_seed=False, token_fractions=[0.25, 0.5, 1.0], pos_share=0.7, control_pos_share=0.3,
                 review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8, kl_threshold=0.05,
                 resist_n=96, resist_prompts=48, n_eval=32, theory_points=4)
     return {**base, **changes}
