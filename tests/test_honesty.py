@@ -204,23 +204,25 @@ def test_claims_follow_the_measured_effects():
 
 
 # --- the chapter -------------------------------------------------------------------------------------------------
-TINY = dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False)
+TINY = dict(seeds=[0, 1], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False)
 
 
 def test_chapter_runs_with_tiny_parameters(run_chapter):
     executed, out_dir = run_chapter("06_honesty", **TINY)
     claims = pd.read_csv(out_dir / "claims.csv")
     assert len(claims) == 7 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
-    assert (claims.study == "honesty").all() and claims.statistic.str.contains("n=3 seeds").all()
+    assert (claims.study == "honesty").all() and claims.statistic.str.contains("n=2 seeds").all()
     for figure in ("prudence_vs_overconservativeness.png", "calibration.png"):
         assert (out_dir / figure).stat().st_size > 10_000
     table = pd.read_csv(out_dir / "table5_layout.csv", index_col="method")
     assert list(table.index[:3]) == ["unaligned", "fine_tuned", "prompt"]
     assert table.loc["unaligned", "honesty (ours)"] == "50.0 ± 0.0"  # by construction
-    # the seeds draw different splits, so the unaligned model's accuracy differs between them
-    assert not table.loc["unaligned", "accuracy (ours)"].endswith("± 0.0")
-    runs = RunStore().runs("honesty")
-    assert len(runs) == 3 * (1 + 1 + len(METHODS))  # per seed: knowledge, prompt, five methods
+    runs = RunStore().query("honesty")
+    assert runs.run_id.nunique() == 2 * (1 + 1 + len(METHODS))  # per seed: knowledge, prompt, five methods
+    # different seeds draw different training questions and different samples
+    knowledge = runs[runs.stage == "knowledge"]
+    train = [set(knowledge[(knowledge.seed == s) & (knowledge.split == "train")].question) for s in (0, 1)]
+    assert train[0] != train[1]
 
 
 def test_bad_parameter_stops_the_chapter_first(run_chapter):
