@@ -145,14 +145,15 @@ def test_norm_sweep_rows_and_reference(tiny):
 def test_fits_recognise_known_forms():
     x = np.linspace(-2, 2, 25)
     noise = np.random.default_rng(3).normal(0, 0.003, x.size)
-    saturating = fit_saturating(x, 0.4 + 0.25 * np.tanh(1.2 * x) + noise)
-    assert np.allclose(saturating["coef"], [0.4, 0.25, 1.2], atol=0.03) and saturating["r2"] > 0.99
-    assert compare_forms(x, 0.4 + 0.25 * np.tanh(1.2 * x) + noise).delta_aic.idxmin() == "saturating"
+    saturating = fit_saturating(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise)
+    assert np.allclose(saturating["coef"], [0.4, 0.25, 1.2, -0.5], atol=0.05) and saturating["r2"] > 0.99
+    assert compare_forms(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise).delta_aic.idxmin() == "saturating"
     assert compare_forms(x, 0.3 - 0.04 * x ** 2 + noise).delta_aic.idxmin() == "quadratic"
     linear = compare_forms(x, 0.5 + 0.05 * x + noise)
     assert linear.loc["linear", "delta_aic"] < 2.5 and linear.loc["linear", "r2"] > 0.99
     with pytest.raises(ValueError):
-        fit_saturating(x[:4], x[:4])
+        fit_saturating(x[:5], x[:5])
+    assert list(compare_forms(x[:5], x[:5] ** 2).index) == ["linear", "quadratic"]  # too few points for a sigmoid
 
 
 def _synthetic_sweeps(slope: float, curvature: float, seeds=(0, 1, 2)) -> pd.DataFrame:
