@@ -7,8 +7,8 @@ import pytest
 
 from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.data import answer_matches, fact_questions
-from alignrepro.honesty import (EVAL_SPLITS, IDK_REPLY, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, ToyWorld,
-                                WorldConfig, claims_table, confidence_prefix, expected_accuracy, honesty_scores,
+from alignrepro.world import IDK_REPLY, ToyWorld, WorldConfig
+from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table, confidence_prefix, expected_accuracy, honesty_scores,
                                 is_idk, known_questions, knowledge_vs_truth, real_question_table, resolve_setup,
                                 response_label, run_study, score_table, stated_confidence, toy_judge,
                                 toy_question_table, training_set)
