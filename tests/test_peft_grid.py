@@ -159,3 +159,9 @@ def test_small_scale_cell_runs(tmp_path, monkeypatch):
     assert {c["model"] for c in cells} == {"smollm2-instruct"}
     table = run_grid(cells, fn, store=RunStore())
     assert set(table.method) == {"none", "sft"} and table.score.between(0, 1).all()
+
+
+def test_command_line_checks_parameters_before_running():
+    from alignrepro.cli import main
+    with pytest.raises(ParameterError, match="design"):
+        main(["grid", "peft", "-p", "design", "half", "-p", "seeds", "[0, 1]"])
