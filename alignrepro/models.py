@@ -129,6 +129,10 @@ def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **options)
     except (OSError, ValueError) as error:
         raise _not_found(str(name_or_path), gguf_file, error) from error
+    if gguf_file:  # GGUF weights are de-quantized to `dtype`: drop the marker that makes trainers refuse them
+        model.hf_quantizer, model.is_quantized = None, False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id

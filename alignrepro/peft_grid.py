@@ -216,9 +216,6 @@ def load_start(source: str | Path,  # `start_model`'s answer
     "The starting model (in eval mode) and its tokenizer."
     if source == "smollm2":
         model, tokenizer = smollm2(device="cpu")
-        model.hf_quantizer, model.is_quantized = None, False  # GGUF weights are de-quantized to float32: trainable
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
     else:  # toy checkpoints train on the CPU (reproducible); hub models go to the best device
         model, tokenizer = load_model(source, device="cpu" if Path(source).is_dir() else None)
     if quantized:
