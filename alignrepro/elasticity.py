@@ -20,8 +20,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, seed_everything,
-                             validate)
+from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, save_figure,
+                             seed_everything, validate)
 from .evaluate import (claim_row, completion_logprobs, kl_divergence, next_token_probs, sample,
                                  sign_verdict, spearman_by_group, vader_sentiment, verdict_from_values)
 
@@ -774,13 +774,6 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_elasticity.ipynb #7e704863
-def _save(fig, out_dir: str | Path, name: str) -> Path:
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
 def plot_resistance(runs: pd.DataFrame,  # `resistance_runs` rows of every seed
                     gaps: pd.DataFrame,  # `resistance_gaps`
                     out_dir: str | Path,  # where the png goes
@@ -794,7 +787,7 @@ def plot_resistance(runs: pd.DataFrame,  # `resistance_runs` rows of every seed
         ax.set(xlabel="snapshot pair", ylabel=label)
     fig.suptitle(f"Inverse fine-tuning has the lower mean loss in {int((gaps.mean_loss > 0).sum())}/{len(gaps)} "
                  f"(pair, seed) units, and the lower excess loss in {int((gaps.excess > 0).sum())}/{len(gaps)}")
-    _save(fig, out_dir, "resistance.png")
+    save_figure(fig, out_dir, "resistance.png")
     return fig
 
 
@@ -818,7 +811,7 @@ def plot_rebound(curves: pd.DataFrame,  # `rebound_grid` rows
     rows = summary[summary.experiment == "main"]
     fig.suptitle(f"{int(rows.crossing.notna().sum())}/{len(rows)} aligned runs fall below the pre-trained score "
                  f"(median after {rows.crossing.median():.0f} negatives); the fall slows {np.exp(np.log(rows.slowdown).mean()):.2g}x after the knee")
-    _save(fig, out_dir, "rebound.png")
+    save_figure(fig, out_dir, "rebound.png")
     return fig
 
 
@@ -842,7 +835,7 @@ def plot_controls(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Pa
     track, never = _tracking(summary), _no_knee(summary)
     ax.set_title(f"Knee level moves {_fmt(track)}x as far as the pre-trained level (1 = follows pre-training);\n"
                  f"log10 slow-down, pre-trained minus never pre-trained: {_fmt(never)} (dashed: each model's pre-trained score)")
-    _save(fig, out_dir, "controls.png")
+    save_figure(fig, out_dir, "controls.png")
     return fig
 
 
@@ -864,7 +857,7 @@ def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
             ax.set(xscale="log", xlabel=label, ylabel=ylabel)
     fig.suptitle("Size and pre-training data trends (one line per seed)")
     fig.tight_layout()
-    _save(fig, out_dir, "trends.png")
+    save_figure(fig, out_dir, "trends.png")
     return fig
 
 
@@ -882,7 +875,7 @@ def plot_theory(summary: pd.DataFrame, out_dir: str | Path):
            ylabel="d bpt(alignment) / d bpt(pre-training)",
            title=f"Log-log slope of the ratio against k: {_fmt(slopes)} (theory: 1); "
                  f"{len(data)}/{int((summary.experiment == 'main').sum())} ratios positive")
-    _save(fig, out_dir, "theory.png")
+    save_figure(fig, out_dir, "theory.png")
     return fig
 
 

@@ -19,8 +19,8 @@ from transformers import TrainerCallback
 
 from .align import dpo, preset, quantize_4bit, sft
 from .grid import grid_cells, run_grid
-from .core import (COMMON_RULES, Rule, RunStore, int_list, list_of, number, one_of, seed_everything,
-                             validate, write_claims)
+from .core import (COMMON_RULES, Rule, RunStore, int_list, list_of, number, one_of, save_figure,
+                             seed_everything, validate, write_claims)
 from .evaluate import claim_row, completion_logprobs, sample, sign_verdict, verdict_from_values
 from .models import load_model, pretrain, smollm2
 from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS, REFUSALS, ToyWorld, WorldConfig
@@ -578,12 +578,6 @@ def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
     return pd.DataFrame(rows)
 
 # %% ../nbs/04_peft_grid.ipynb #33974c89
-def _save_figure(figure, out_dir: str | Path, name: str) -> Path:
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
 def score_heatmap(finals: pd.DataFrame,  # `final_scores` (core runs and start models)
                   out_dir: str | Path,  # where the png goes
                  ):
@@ -599,7 +593,7 @@ def score_heatmap(finals: pd.DataFrame,  # `final_scores` (core runs and start m
                 cbar_kws=dict(label="score (fraction, higher is better)"))
     axis.set(title=f"Harmless preferences: best overall is {best} ({table.loc[best, 'overall']:.2f})",
              xlabel="benchmark stand-in", ylabel="model / method")
-    _save_figure(figure, out_dir, "scores_heatmap.png")
+    save_figure(figure, out_dir, "scores_heatmap.png")
     return figure
 
 def method_gap_heatmap(finals: pd.DataFrame,  # `final_scores` of the core runs
@@ -617,7 +611,7 @@ def method_gap_heatmap(finals: pd.DataFrame,  # `final_scores` of the core runs
                 cbar_kws=dict(label="DPO - SFT overall score"))
     axis.set(title=f"DPO - SFT: {instruct:+.3f} on instruct vs {base:+.3f} on base models",
              xlabel="preference data", ylabel="model")
-    _save_figure(figure, out_dir, "dpo_minus_sft.png")
+    save_figure(figure, out_dir, "dpo_minus_sft.png")
     return figure
 
 def quantity_plot(scores: pd.DataFrame,  # `score_table` of the core runs (every checkpoint)
@@ -634,7 +628,7 @@ def quantity_plot(scores: pd.DataFrame,  # `score_table` of the core runs (every
     sns.lineplot(runs, x="step", y="overall", hue="method / model", marker="o", errorbar=("ci", 95), ax=axis)
     axis.set(title=f"Score along training: {change} gains most from more steps", xlabel="optimizer steps (batch of sequences)",
              ylabel="overall score (mean of 5 benchmarks)")
-    _save_figure(figure, out_dir, "quantity.png")
+    save_figure(figure, out_dir, "quantity.png")
     return figure
 
 def merge_plot(finals: pd.DataFrame,  # `final_scores` of the core runs (singles and merges)
@@ -651,5 +645,5 @@ def merge_plot(finals: pd.DataFrame,  # `final_scores` of the core runs (singles
     sns.barplot(rows, x="method", y="overall", hue="adapter", errorbar=("ci", 95), ax=axis)
     axis.set(title=f"Merging the harmless and helpful adapters: best on average is {means.idxmax()}",
              xlabel="alignment method", ylabel="overall score (mean of 5 benchmarks)")
-    _save_figure(figure, out_dir, "merges.png")
+    save_figure(figure, out_dir, "merges.png")
     return figure
