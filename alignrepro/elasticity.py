@@ -20,8 +20,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, save_figure,
-                             seed_everything, validate)
+from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, optional,
+                             save_figure, seed_everything, text, validate)
 from .evaluate import (claim_row, completion_logprobs, kl_divergence, next_token_probs, sample,
                                  sign_verdict, spearman_by_group, vader_sentiment, verdict_from_values)
 
@@ -35,11 +35,6 @@ __all__ = ['PAPER_PRESET', 'RULES', 'PRETRAIN_BATCH', 'PRETRAIN_LR', 'RUN_KEYS',
            'closing_text']
 
 # %% ../nbs/03_elasticity.ipynb #ab502312
-def _optional(rule: Rule) -> Rule:
-    "A rule that also accepts None (meaning: the scale's default)."
-    return Rule(f"None or {rule.allowed}", lambda v: v is None or rule.check(v))
-
-
 def _sorted_with_zero(values) -> bool:
     return list(values) == sorted(set(values)) and values[0] == 0
 
@@ -59,18 +54,18 @@ PAPER_PRESET = "ji_elasticity"  # alignrepro.align.PRESETS entry with the paper'
 
 
 RULES = {**COMMON_RULES,
-         "sizes": _optional(Rule("a list of at least 2 toy rungs from alignrepro.models.LADDER",
+         "sizes": optional(Rule("a list of at least 2 toy rungs from alignrepro.models.LADDER",
                                  lambda v: len(v) >= 2 and all(s in _ladder() for s in v))),
          "main_size": Rule("a toy rung from alignrepro.models.LADDER", lambda v: v in _ladder()),
-         "model_name": _optional(Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")),
+         "model_name": optional(text()),
          "pretrain_tokens": number(lo=1000, integer=True), "pretrain_per_seed": boolean(),
          "token_fractions": number_list(min_len=2, lo=0.01, hi=1),
          "pos_share": number(lo=0.01, hi=0.99), "control_pos_share": number(lo=0.01, hi=0.99),
          "review_share": number(lo=0.05, hi=1),
-         "n_pos": _optional(number_list(min_len=2, lo=1, integer=True)),
-         "n_neg": _optional(Rule("a sorted list of at least 5 distinct ints >= 0 starting at 0",
+         "n_pos": optional(number_list(min_len=2, lo=1, integer=True)),
+         "n_neg": optional(Rule("a sorted list of at least 5 distinct ints >= 0 starting at 0",
                                  lambda v: len(v) >= 5 and all(isinstance(x, int) for x in v) and _sorted_with_zero(v))),
-         "lr": _optional(number(lo=0, hi=1)), "pos_epochs": number(lo=1, integer=True),
+         "lr": optional(number(lo=0, hi=1)), "pos_epochs": number(lo=1, integer=True),
          "batch_size": number(lo=1, integer=True), "kl_threshold": number(lo=0),
          "resist_n": number(lo=6, integer=True), "resist_prompts": number(lo=4, integer=True),
          "n_eval": number(lo=4, integer=True), "theory_points": number(lo=2, integer=True)}

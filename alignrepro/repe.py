@@ -20,8 +20,8 @@ import torch
 from scipy.optimize import curve_fit
 from tqdm.auto import tqdm
 
-from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_list, one_of, seed_everything,
-                             text, validate)
+from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_list, one_of, optional,
+                             seed_everything, text, validate)
 from .evaluate import (_encode_pairs, _pad, _pad_id, bootstrap_ci, claim_row, fit_polynomial,
                                  vader_sentiment, verdict_from_values)
 from .models import load_model, pretrain, smollm2
@@ -36,24 +36,19 @@ __all__ = ['PARAMETER_RULES', 'FORMS', 'PAPER_DATA', 'STUDY_VERSION', 'R2_LINEAR
            'plot_tradeoff']
 
 # %% ../nbs/05_repe.ipynb #b3d3981e
-def _optional(rule: Rule) -> Rule:
-    "A rule that also accepts None."
-    return Rule(f"None or {rule.allowed}", lambda v: v is None or rule.check(v))
-
-
 PARAMETER_RULES = {**COMMON_RULES,
                    "toy_size": one_of("xxs", "xs", "s", "m", "l", "xl"), "toy_tokens": number(lo=1000, integer=True),
-                   "toy_model_seed": _optional(number(lo=0, integer=True)),
+                   "toy_model_seed": optional(number(lo=0, integer=True)),
                    "method": one_of("pca", "mean"), "layer_fractions": number_list(1, lo=0, hi=1),
                    "norms": Rule("a list of at least 5 numbers including 0",
                                  lambda v: isinstance(v, (list, tuple)) and len(v) >= 5 and 0 in v
                                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),
                    "small_norm": number(lo=0, integer=False), "n_stimuli": number(lo=2, integer=True),
                    "n_behaviour": number(lo=2, integer=True), "n_questions": number(lo=2, integer=True),
-                   "n_neutral": number(lo=1, integer=True), "small_model": _optional(one_of("smollm2")),
+                   "n_neutral": number(lo=1, integer=True), "small_model": optional(one_of("smollm2")),
                    "small_layer_fractions": number_list(1, lo=0, hi=1), "small_norms": number_list(5), "small_regime": number(lo=0),
                    "small_n": number(lo=2, integer=True), "paper_model": text(), "batch_size": number(lo=1, integer=True),
-                   "cpu_threads": _optional(number(lo=1, integer=True))}
+                   "cpu_threads": optional(number(lo=1, integer=True))}
 
 # %% ../nbs/05_repe.ipynb #5758488f
 _LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
