@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from .core import CLAIM_COLUMNS, VERDICTS
 
 # %% auto #0
-__all__ = ['completion_logprobs', 'next_token_probs', 'kl_divergence', 'sample', 'vader_sentiment', 'bootstrap_ci', 'paired_test',
-           'spearman_by_group', 'fit_polynomial', 'compare_fits', 'verdict', 'verdict_from_values', 'sign_verdict',
-           'claim_row']
+__all__ = ['pad_batch', 'padding_id', 'encode_pairs', 'completion_logprobs', 'next_token_probs', 'kl_divergence', 'sample',
+           'vader_sentiment', 'bootstrap_ci', 'paired_test', 'spearman_by_group', 'fit_polynomial', 'compare_fits',
+           'verdict', 'verdict_from_values', 'sign_verdict', 'claim_row']
 
 # %% ../nbs/02b_evaluate.ipynb #7062f4df
-def _pad(rows: list[list[int]],  # token ids of each sequence
+def pad_batch(rows: list[list[int]],  # token ids of each sequence
          pad_id: int,  # id written into padding (masked out)
          side: str = "right",  # "right" or "left"
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,7 +42,7 @@ def _pad(rows: list[list[int]],  # token ids of each sequence
     return ids, mask, positions
 
 
-def _pad_id(tokenizer) -> int:
+def padding_id(tokenizer) -> int:
     "The tokenizer's pad id, else its eos id, else 0 (padding is masked, so any id works)."
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
@@ -80,7 +80,7 @@ def _evaluating(*models):
             module.training = training
 
 # %% ../nbs/02b_evaluate.ipynb #ccb6f8fb
-def _encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str]
+def encode_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str]
                   ) -> tuple[list[list[int]], list[int]]:
     "Token ids of prompt + completion for each pair, and the number of prompt tokens."
     if len(prompts) != len(completions):
@@ -113,16 +113,16 @@ def completion_logprobs(model,  # a causal LM (transformers or peft); run in eva
     "Log-probability of each completion's tokens given its prompt, shape [n]."
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction: got {reduction!r}; allowed: 'sum', 'mean'")
-    rows, n_prompt = _encode_pairs(tokenizer, prompts, completions)
+    rows, n_prompt = encode_pairs(tokenizer, prompts, completions)
     if any(n == 0 for n in n_prompt):
         raise ValueError("an empty prompt has no token to condition on; give the tokenizer a bos token")
-    side, pad_id = tokenizer.padding_side, _pad_id(tokenizer)
+    side, pad_id = tokenizer.padding_side, padding_id(tokenizer)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = np.zeros(len(rows))
     with _evaluating(model):
         for start in _batches(len(order), batch_size, "log-probs"):
             index = order[start:start + batch_size]
-            ids, mask, positions = _pad([rows[i] for i in index], pad_id, side)
+            ids, mask, positions = pad_batch([rows[i] for i in index], pad_id, side)
             logits = _logits(model, ids, mask, positions)
             for b, i in enumerate(index):
                 offset = ids.shape[1] - len(rows[i]) if side == "left" else 0
@@ -144,13 +144,13 @@ def _single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
 def _last_token_logits(model, tokenizer, prompts: Sequence[str], batch_size: int, desc: str) -> torch.Tensor:
     "Next-token logits after each prompt, [n_prompts, vocab] in float32 on the CPU (left padding)."
     rows = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    pad_id = _pad_id(tokenizer)
+    pad_id = padding_id(tokenizer)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out = [None] * len(rows)
     with _evaluating(model):
         for start in _batches(len(order), batch_size, desc):
             index = order[start:start + batch_size]
-            logits = _logits(model, *_pad([rows[i] for i in index], pad_id, "left"))[:, -1].cpu()
+            logits = _logits(model, *pad_batch([rows[i] for i in index], pad_id, "left"))[:, -1].cpu()
             for b, i in enumerate(index):
                 out[i] = logits[b]
     return torch.stack(out)
@@ -177,12 +177,12 @@ def kl_divergence(model_p,  # the model whose distribution is p (e.g. the fine-t
                   ) -> float:
     "Mean per-token KL(p || q) of next-token distributions over the tokens of `texts`, in nats."
     rows = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    pad_id, side = _pad_id(tokenizer), tokenizer.padding_side
+    pad_id, side = padding_id(tokenizer), tokenizer.padding_side
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     total, count = 0.0, 0
     with _evaluating(model_p, model_q):
         for start in _batches(len(order), batch_size, "KL"):
-            batch = _pad([rows[i] for i in order[start:start + batch_size]], pad_id, side)
+            batch = pad_batch([rows[i] for i in order[start:start + batch_size]], pad_id, side)
             logp = torch.log_softmax(_logits(model_p, *batch), -1)  # [batch, length, vocab]
             logq = torch.log_softmax(_logits(model_q, *batch).to(logp.device), -1)
             per_position = (logp.exp() * (logp - logq)).sum(-1)  # [batch, length]
@@ -241,7 +241,7 @@ def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[in
                   finished_early: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
     "New token ids [len(rows) * n, steps] for left-padded prompts, the prompt pass shared by the n copies."
     device, cache_name = _model_device(model), _cache_name(model)
-    ids, mask, positions = (t.to(device) for t in _pad(rows, pad_id, "left"))
+    ids, mask, positions = (t.to(device) for t in pad_batch(rows, pad_id, "left"))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     cache, logits = out[cache_name], out.logits[:, -1].float()
     if n > 1:
@@ -288,7 +288,7 @@ def sample(model,  # a causal LM
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 0, n >= 1; got "
                          f"{temperature=}, {top_p=}, {top_k=}, {n=}")
     rows = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    pad_id, eos, stop = _pad_id(tokenizer), _eos_ids(model, tokenizer), list(stop or [])
+    pad_id, eos, stop = padding_id(tokenizer), _eos_ids(model, tokenizer), list(stop or [])
     generator = torch.Generator(device=_model_device(model)).manual_seed(seed)
     decode = lambda ids: tokenizer.batch_decode(_cut_at_eos(ids, eos), skip_special_tokens=True)
     finished_early = (lambda ids: torch.tensor([any(s in t for s in stop) for t in decode(ids)])) if stop else None

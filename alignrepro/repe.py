@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_list, one_of, optional,
                              seed_everything, text, validate)
-from .evaluate import (_encode_pairs, _pad, _pad_id, bootstrap_ci, claim_row, fit_polynomial,
+from .evaluate import (encode_pairs, pad_batch, padding_id, bootstrap_ci, claim_row, fit_polynomial,
                                  vader_sentiment, verdict_from_values)
 from .models import load_model, pretrain, smollm2
 from .world import ToyWorld, WorldConfig
@@ -148,11 +148,11 @@ def read_activations(model: torch.nn.Module,  # the model to read
     "Residual-stream activations after each listed block: index -> [n, hidden] (float32, CPU)."
     if reduce not in ("mean", "last"):
         raise ValueError(f"reduce: got {reduce!r}; allowed: 'mean', 'last'")
-    rows, n_prompt = _encode_pairs(tokenizer, prompts, [_join(p, c) for p, c in zip(prompts, completions)])
+    rows, n_prompt = encode_pairs(tokenizer, prompts, [_join(p, c) for p, c in zip(prompts, completions)])
     device, out = next(model.parameters()).device, {index: [] for index in layers}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        ids, mask, positions = _pad(chunk, _pad_id(tokenizer), "right")
+        ids, mask, positions = pad_batch(chunk, padding_id(tokenizer), "right")
         with _capture(model, layers) as seen:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
         for index in layers:
@@ -209,7 +209,7 @@ def completion_scores(model: torch.nn.Module,  # a causal LM
                       batch_size: int = 32,  # sequences per forward pass
                      ) -> pd.DataFrame:
     "Per completion: `logprob` (sum over its tokens), `n_tokens`, `greedy` (greedy decoding would produce it)."
-    rows, n_prompt = _encode_pairs(tokenizer, prompts, [_join(p, c) for p, c in zip(prompts, completions)])
+    rows, n_prompt = encode_pairs(tokenizer, prompts, [_join(p, c) for p, c in zip(prompts, completions)])
     if any(len(row) == n for row, n in zip(rows, n_prompt)):
         raise ValueError("every completion needs at least one token")
     # the logits that predict a completion come from its row minus the last token; one-token completions of the
@@ -221,7 +221,7 @@ def completion_scores(model: torch.nn.Module,  # a causal LM
     device, keep = next(model.parameters()).device, _keeps_logits(model)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, mask, positions = _pad([list(row) for row in chunk], _pad_id(tokenizer), "left")  # rows end together
+        ids, mask, positions = pad_batch([list(row) for row in chunk], padding_id(tokenizer), "left")  # rows end together
         options = dict(logits_to_keep=max(needed[row] for row in chunk)) if keep else {}
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                        **options).logits.float().cpu()  # [batch, kept positions, vocab]
