@@ -210,7 +210,7 @@ def _train(model: PreTrainedModel,  # the model to train, in place
         tokens += int(attention_mask.sum())
         rows.append(dict(step=step, tokens=tokens, loss=loss_value, lr=optimizer.param_groups[0]["lr"],
                          tokens_per_s=tokens / seconds))
-        progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / seconds:,.0f}")
+        progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)  # shown at the bar's own pace, not once per step
         if step in save:
             save[step]()
     model.eval()
