@@ -5,6 +5,7 @@
 # %% ../nbs/02a_align.ipynb #8c9a3579
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import bitsandbytes
+import datasets
 import pandas as pd
 import torch
 from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
@@ -175,6 +177,17 @@ def _fit_to_machine(config: SFTConfig | DPOConfig) -> SFTConfig | DPOConfig:
         changes["output_dir"] = tempfile.mkdtemp(prefix="alignrepro-")
     return _replace_config(config, **changes) if changes else config
 
+@contextlib.contextmanager
+def _quiet_dataset_maps():
+    "Hide the bars of trl's dataset preparation (tokenizing, adding EOS...): five per trainer, each instant."
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+
 def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -272,8 +285,9 @@ def sft_trainer(model: PreTrainedModel,  # a causal language model (left unchang
     spec = _lora_spec(recipe.lora, rank, alpha, dropout, target_modules)
     if "prompt" in dataset.column_names and "completion" in dataset.column_names:
         dataset = _space_completions(dataset, tokenizer, ("completion",))
-    trainer = SFTTrainer(model=train_model, args=run_config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=spec.lora_config() if peft != "none" else None, callbacks=callbacks)
+    with _quiet_dataset_maps():
+        trainer = SFTTrainer(model=train_model, args=run_config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=spec.lora_config() if peft != "none" else None, callbacks=callbacks)
     _float32_adapters(trainer, run_config)
     return trainer
 
@@ -328,9 +342,10 @@ def dpo_trainer(model: PreTrainedModel,  # a causal language model (left unchang
         ref_model = _strip_fused_forward(copy.deepcopy(model)).eval()
     spec = _lora_spec(recipe.lora, rank, alpha, dropout, target_modules)
     dataset = _space_completions(dataset, tokenizer, ("chosen", "rejected"))
-    trainer = DPOTrainer(model=train_model, ref_model=ref_model, args=run_config, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=spec.lora_config() if peft != "none" else None,
-                         callbacks=callbacks)
+    with _quiet_dataset_maps():
+        trainer = DPOTrainer(model=train_model, ref_model=ref_model, args=run_config, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=spec.lora_config() if peft != "none" else None,
+                             callbacks=callbacks)
     _float32_adapters(trainer, run_config)
     return trainer
 

@@ -27,9 +27,10 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
     return [{**fixed, **dict(zip(names, values))} for values in itertools.product(*(axes[n] for n in names))]
 
 # %% ../nbs/09_grid.ipynb #d9320a96
-def _run_cell(root: str, cell: dict, fn: Callable[[dict], pd.DataFrame]) -> int:
+def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame]) -> int:
     "Run one cell into the store at `root` (what a submitit job executes); returns its row count."
-    return len(RunStore(root).get_or_run(cell, lambda: fn(cell)))
+    store = RunStore(root)
+    return len(store.get_or_run(cell, lambda: fn(cell, store)))
 
 
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
@@ -43,7 +44,8 @@ def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
 
 
 def run_grid(cells: list[dict],  # resolved parameters of every cell
-             fn: Callable[[dict], pd.DataFrame],  # a module-level function: cell -> result table
+             fn: Callable[[dict, RunStore], pd.DataFrame],  # module-level: (cell, store) -> result table; the cell
+                                                            # caches what it builds (models, adapters) in that store
              store: RunStore | None = None,  # where results live (default store)
              executor: str = "local",  # "local" (this process), "submitit" (Slurm if found, else local jobs)
              max_parallel: int = 1,  # at most this many cells running at once (submitit)

@@ -324,11 +324,11 @@ def knowledge_table(model,  # the unaligned causal LM
     return table
 
 # %% ../nbs/06_honesty.ipynb #21ac652b
-TOY_WORLD = dict(n_entities=32, n_unknown_entities=16, facts_seen_fraction=0.7,  # about as many known as
+TOY_WORLD = dict(n_entities=64, n_unknown_entities=32, facts_seen_fraction=0.7,  # about as many known as
                  behaviour_mix=(0.05, 0.05, 0.4, 0.4, 0.1))  # LLaMA2-Chat-13B on TriviaQA (73.7%); fact-rich text
 SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training recipe
     "toy": dict(model="toy", train_families=["colour", "job", "pet"], temperature=0.5, top_k=0, max_new_tokens=24,
-                eval_max_new_tokens=24, preset="cpu_sft", lr=5e-3, steps=30, batch_size=16, subset=None),
+                eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None),
     "small": dict(model="smollm2", train_families=["capital"], ood_families=["city_country", "element_symbol"],
                   temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=3e-4, steps=30,
                   batch_size=8, subset=16),
@@ -350,8 +350,8 @@ def resolve_setup(scale: str = "toy",  # "toy", "small" or "paper"
                   batch_size: int | None = None,  # examples per step; None: the scale's default
                   lora_rank: int = 8,  # LoRA rank
                   subset: int | None = None,  # questions per split (small / paper); None: the scale's default
-                  toy_size: str = "xs",  # toy model rung (alignrepro.models.LADDER)
-                  toy_tokens: int = 400_000,  # toy pre-training tokens
+                  toy_size: str = "s",  # toy model rung (alignrepro.models.LADDER)
+                  toy_tokens: int = 800_000,  # toy pre-training tokens
                   pkqa_accuracy: float = 0.5,  # PKQA: greedy right and at least this expected accuracy
                  ) -> dict:
     "The resolved plan of a study at `scale` (JSON-able; the run store's key)."

@@ -371,10 +371,11 @@ def _rows(scores: dict[str, float], step: int) -> list[dict]:
     return [dict(benchmark=name, score=value, step=step) for name, value in scores.items()]
 
 def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained adapter, or a merge of two
+             store: RunStore | None = None,  # where start models and adapters are cached; default `RunStore()`
             ) -> pd.DataFrame:
     "Evaluate one cell: rows `benchmark`, `score`, `step` (every checkpoint of an adapter; 0 for the start model)."
     torch.set_num_threads(1)  # toy models: one thread per cell is fastest on a shared CPU (parallelism is across cells)
-    store, world_config = RunStore(), WorldConfig(seed=cell["world_seed"])
+    store, world_config = store or RunStore(), WorldConfig(seed=cell["world_seed"])
     world = ToyWorld(world_config)
     sets = eval_sets(world, cell["n_eval"])
     source = start_model(cell["model"], _setup(cell), world_config, store)

@@ -207,3 +207,14 @@ def test_bare_trl_config_and_bad_peft(tiny, sft_data):
     assert isinstance(preset("cpu_sft"), Preset) and LoraSpec().lora_config().lora_alpha == 8
     with pytest.raises(ParameterError, match="peft"):
         sft(model, tokenizer, sft_data, config, peft="dora")
+
+
+@pytest.mark.parametrize("build", [sft_trainer, dpo_trainer])
+def test_trainers_hide_dataset_preparation_bars_and_restore_the_setting(tiny, sft_data, dpo_data, capsys, build):
+    import datasets
+    model, tokenizer = tiny
+    data = sft_data if build is sft_trainer else dpo_data
+    assert datasets.is_progress_bar_enabled()
+    build(model, tokenizer, data, quick("cpu_sft" if build is sft_trainer else "cpu_dpo"))
+    assert "Tokenizing" not in capsys.readouterr().err
+    assert datasets.is_progress_bar_enabled()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     from alignrepro.core import RunStore, seed_everything
     from alignrepro.grid import grid_cells, run_grid
 
-    def cell_result(cell):
+    def cell_result(cell, store):
         seed_everything(cell["seed"])
         time.sleep(float(sys.argv[2]))
         return pd.DataFrame({"step": range(5), "loss": np.random.rand(5) * cell["lr"]})
@@ -58,7 +59,7 @@ def test_grid_killed_midway_resumes_to_the_uninterrupted_table(tmp_path):
 def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
     store = RunStore(tmp_path / "runs")
 
-    def cube(cell):  # a closure: submitit pickles it by value for its worker processes
+    def cube(cell, store):  # a closure: submitit pickles it by value for its worker processes
         import os
         return pd.DataFrame({"value": [cell["x"] ** 3], "pid": [os.getpid()]})
 
@@ -71,4 +72,15 @@ def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
 
 def test_grid_rejects_unknown_executor(tmp_path):
     with pytest.raises(ValueError, match="allowed: 'local', 'submitit'"):
-        run_grid([], lambda cell: pd.DataFrame(), RunStore(tmp_path), executor="kubernetes")
+        run_grid([], lambda cell, store: pd.DataFrame(), RunStore(tmp_path), executor="kubernetes")
+
+
+def test_cells_get_the_grid_store(tmp_path):
+    "What a cell caches on the way lands in the store the grid was given, not in the default one."
+    def build(cell, store):
+        folder = store.artifact({"study": "parts", "x": cell["x"]}, lambda f: (f / "part.txt").write_text(str(cell["x"])))
+        return pd.DataFrame({"folder": [str(folder)]})
+
+    store = RunStore(tmp_path / "runs")
+    table = run_grid(grid_cells({"study": "whole"}, {"x": [1, 2]}), build, store, log=lambda line: None)
+    assert [Path(f).parent.parent.parent for f in table.folder] == [store.root] * 2
