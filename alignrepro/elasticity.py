@@ -629,11 +629,14 @@ def curve_summary(curves: pd.DataFrame,  # `rebound_grid` rows
                   kl_threshold: float = 0.05,  # KL (nats/token) that counts as returned
                   theory_points: int = 4,  # leading points of the bits-per-token slopes
                  ) -> pd.DataFrame:
-    "One row per run: crossing points, slopes, knee, bits-per-token slope ratio and k."
-    rows = []
+    """One row per run: crossing points, slopes, knee, bits-per-token slope ratio and k. `matched_start` is where the
+    run falls to `matched_level`, the lowest post-alignment score among the runs of its experiment and seed: counted
+    from there, runs that were aligned further do not look slower for it."""
+    rows, curves_xy = [], []
     for key, run in curves.groupby(RUN_KEYS, sort=False):
         run = run.sort_values("n_neg")
         x, y, base = run["n_neg"].to_numpy(float), logit(run[score]), float(logit(run[f"base_{score}"].iloc[0]))
+        curves_xy.append((x, y))
         knee = fit_knee(x, y)
         lead = slice(0, theory_points)
         slope_pre, slope_align = _slope(x[lead], run["bpt_pre"].to_numpy()[lead]), _slope(x[lead], run["bpt_align"].to_numpy()[lead])
@@ -647,7 +650,12 @@ def curve_summary(curves: pd.DataFrame,  # `rebound_grid` rows
                          slowdown=knee["slowdown"], slope_pre=slope_pre, slope_align=slope_align,
                          slope_ratio=slope_align / slope_pre if slope_pre != 0 else np.nan,
                          k=first["pretrain_tokens"] / first["align_tokens"], n_neg_max=float(x.max())))
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    if summary.empty:
+        return summary
+    level = summary.groupby(["experiment", "seed"]).post_score.transform("min")
+    return summary.assign(matched_level=level, matched_start=[
+        crossing_point(x, y, float(logit(share))) for (x, y), share in zip(curves_xy, level)])
 
 
 def censored(values: pd.Series,  # negatives needed, NaN where the curve never got there
@@ -718,8 +726,10 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
     "The claims table: one row per claim of the paper (and per control), verdicts computed from the runs."
     main = summary[summary.experiment == "main"]
     sizes, tokens = summary[summary.experiment == "size"], summary[summary.experiment == "tokens"]
-    sizes = sizes.assign(log_params=np.log(sizes.params), crossing_c=censored(sizes.crossing, sizes.n_neg_max))
-    tokens = tokens.assign(log_tokens=np.log(tokens.pretrain_tokens), crossing_c=censored(tokens.crossing, tokens.n_neg_max))
+    sizes = sizes.assign(log_params=np.log(sizes.params), crossing_c=censored(sizes.crossing, sizes.n_neg_max),
+                         matched_c=censored(sizes.crossing - sizes.matched_start, sizes.n_neg_max))
+    tokens = tokens.assign(log_tokens=np.log(tokens.pretrain_tokens), crossing_c=censored(tokens.crossing, tokens.n_neg_max),
+                           matched_c=censored(tokens.crossing - tokens.matched_start, tokens.n_neg_max))
     main = main.assign(kl_crossing_c=censored(main.kl_crossing, main.n_neg_max))
     crossed = main.crossing.notna()
     rows = []
@@ -761,6 +771,14 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
     rows.append(_row("data_faster", "Models pre-trained on more tokens fall to the pre-trained score after fewer negatives.",
                      "TinyLlama 2.0T / 2.5T / 3.0T: more pre-training, faster rebound",
                      f"Spearman rho(log pre-training tokens, crossing) {_fmt(data)} per seed", data, "negative"))
+    for claim_id, frame, x, what in [("size_faster_matched", sizes, "log_params", "Larger models"),
+                                     ("data_faster_matched", tokens, "log_tokens", "Models pre-trained on more tokens")]:
+        matched = _per_seed(frame, lambda g: _rho(g, x, "matched_c"))
+        rows.append(_row(claim_id, f"{what} fall to the pre-trained score after fewer negatives, counted from a matched "
+                                   "post-alignment score (control: bigger models also fit faster).",
+                         "not compared in the paper",
+                         f"Spearman rho({x.replace('_', ' ')}, negatives from the seed's lowest post-alignment score to "
+                         f"the crossing) {_fmt(matched)} per seed", matched, "negative"))
     theory = _per_seed(main, _theory_slope)
     rows.append(_row("theory_k", "Perturbation degrades the compression of alignment data about k = |D1|/|D2| times faster than of pre-training data.",
                      "d gamma(D2)/dl = Theta(k d gamma(D1)/dl): log-log slope of the ratio against k near 1",
@@ -835,14 +853,16 @@ def plot_controls(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Pa
 
 
 def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
-    "Crossing point, initial slope and slow-down against parameters (size ladder) and pre-training tokens (checkpoints)."
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+    "Crossing point (raw and from a matched score), initial slope and slow-down against parameters and pre-training tokens."
+    fig, axes = plt.subplots(2, 4, figsize=(19, 7.5))
     for row, (experiment, x, label) in enumerate([("size", "params", "parameters"),
                                                   ("tokens", "pretrain_tokens", "pre-training tokens")]):
         data = summary[summary.experiment == experiment]
-        data = data.assign(crossing_c=censored(data.crossing, data.n_neg_max))
+        data = data.assign(crossing_c=censored(data.crossing, data.n_neg_max),
+                           matched_c=censored(data.crossing - data.matched_start, data.n_neg_max))
         for ax, (y, short, ylabel) in zip(axes[row], [
                 ("crossing_c", "crossing", "negatives to cross the pre-trained score\n(2x grid end: never)"),
+                ("matched_c", "matched crossing", "the same, counted from the lowest\npost-alignment score of the seed"),
                 ("initial_slope", "initial slope", "initial slope (log-odds per example)"),
                 ("slowdown", "slow-down", "slope before / after the knee")]):
             if len(data):

@@ -39,9 +39,10 @@ def test_fit_knee_finds_the_break_and_the_slowdown():
         fit_knee([0, 1, 2], [0, 1, 2])
 
 
-def _curve(seed, n_pos, experiment="main", model="m", params=1000, tokens=1e4, fall=0.2, base=0.5, floor=0.02):
+def _curve(seed, n_pos, experiment="main", model="m", params=1000, tokens=1e4, fall=0.2, base=0.5, floor=0.02,
+           start=0.99):
     x = np.array([0, 8, 16, 24, 32, 48, 64])
-    share = 1 / (1 + np.exp(-(logit(0.99) - fall * np.minimum(x, 32) - 0.005 * np.maximum(x - 32, 0))))
+    share = 1 / (1 + np.exp(-(logit(start) - fall * np.minimum(x, 32) - 0.005 * np.maximum(x - 32, 0))))
     return pd.DataFrame(dict(experiment=experiment, model=model, seed=seed, n_pos=n_pos, n_neg=x, share=share,
                              base_share=base, kl=0.3 * np.exp(-x / (20 + n_pos / 10)) + floor,
                              bpt_pre=5 + 0.001 * x, bpt_align=2 + 0.001 * x * (tokens / (n_pos * 10)),
@@ -76,6 +77,21 @@ def test_claims_follow_the_runs():
     assert claims.loc["data_faster", "verdict"] == "not reproduced"  # shallower falls with more tokens: later crossing
     assert claims.loc["theory_k", "verdict"] == "reproduced"
     assert claims.loc["knee_tracks_share", "verdict"] == "inconclusive"  # no control runs given
+    assert claims.loc["size_faster_matched", "verdict"] == "reproduced"  # same start, so matched agrees with raw
+
+
+def test_matched_crossing_discounts_a_higher_post_alignment_score():
+    "Bigger models start higher and fall faster: raw crossings tie, counted from a matched score the bigger cross first."
+    curves = []
+    for seed in range(3):
+        for i, params in enumerate([10, 100, 1000]):  # log-odds start 2, 4, 6 falling 0.1, 0.2, 0.3 per negative
+            curves.append(_curve(seed, 100, "size", f"s{params}", params=params, fall=0.1 * (i + 1),
+                                 start=1 / (1 + np.exp(-2.0 * (i + 1)))))
+    summary = curve_summary(pd.concat(curves), kl_threshold=0.1)
+    assert np.allclose(summary.crossing, 20, atol=0.01)  # 2/0.1 = 4/0.2 = 6/0.3
+    assert np.allclose(summary.groupby("model", sort=False).matched_start.mean(), [0, 2 / 0.2, 4 / 0.3], atol=0.1)
+    claims = elasticity_claims(summary, pd.DataFrame()).set_index("claim_id")
+    assert claims.loc["size_faster_matched", "verdict"] == "reproduced"
 
 
 def test_resolve_setup_at_every_scale():
@@ -115,7 +131,7 @@ def test_finetune_learns_and_scores_at_exact_counts():
 def test_chapter_runs_and_seeds_change_numbers(run_chapter):
     executed, out_dir = run_chapter("03_elasticity", seeds=[0, 1, 2], **TINY)
     claims = pd.read_csv(out_dir / "claims.csv")
-    assert len(claims) == 9 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
+    assert len(claims) == 11 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
     for figure in ["resistance", "rebound", "controls", "trends", "theory"]:
         assert (out_dir / f"{figure}.png").stat().st_size > 10_000
     _, other_dir = run_chapter("03_elasticity", seeds=[1, 2, 3], out_dir=str(out_dir.parent / "other"), **TINY)
