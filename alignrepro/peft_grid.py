@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,7 +42,8 @@ PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vi
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
 DATASETS = {"beavertails": BEAVERTAILS_LIKE, "hh-rlhf": HH_LIKE}  # toy preference views: informative vs bare
 PREFERENCES = ("harmless", "helpful", "mix")
-METHODS, PEFTS, MERGES = ("sft", "dpo"), ("lora", "qlora"), ("dare_ties", "slerp")
+METHODS, PEFTS = ("sft", "dpo"), ("lora", "qlora")
+MERGES = ("dare_ties", "slerp", "dare_all")  # of the harmless and helpful adapters; dare_all: of both datasets' (four)
 FAMILY_SEEDS = {"llama": 0, "mistral": 1}  # pre-training seeds: the two families differ in weights and data order
 SYSTEM_LINES = {"llama": "you can ask a friend for help .", "mistral": ""}  # Vicuna-like system line vs bare [INST]
 BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out task exact match",
@@ -65,7 +67,7 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
          "pretrain_tokens": number(lo=1000, integer=True), "instruct_steps": number(lo=1, integer=True),
          "datasets": list_of(*DATASETS), "preferences": _first_is("harmless", PREFERENCES),
          "methods": list_of(*METHODS), "pefts": list_of(*PEFTS), "ranks": int_list(lo=1, hi=256),
-         "merges": Rule("a list (possibly empty) from 'dare_ties', 'slerp'",
+         "merges": Rule("a list (possibly empty) from " + ", ".join(map(repr, MERGES)),
                         lambda v: isinstance(v, (list, tuple)) and all(x in MERGES for x in v)),
          "steps": number(lo=1, integer=True), "lr": number(lo=0, hi=1), "batch_size": number(lo=1, integer=True),
          "n_train": number(lo=2, integer=True), "n_eval": number(lo=1, hi=192, integer=True),
@@ -342,23 +344,29 @@ def slerp(a: torch.Tensor,  # first tensor
         out = (torch.sin((1 - t) * omega) * x + torch.sin(t * omega) * y) / torch.sin(omega)
     return out.reshape(a.shape).to(a.dtype)
 
-def merge_adapters(model: PeftModel,  # a peft model holding adapters named "harmless" and "helpful"
-                   how: str,  # "dare_ties" (peft's add_weighted_adapter, density 0.5) or "slerp" (per LoRA factor, t=0.5)
+def merge_adapters(model: PeftModel,  # a peft model holding the adapters to merge
+                   how: str,  # "dare_ties" (density 0.5) or "slerp" (per LoRA factor, t=0.5) of two; "dare_all" of four
+                   names: Sequence[str] = ("harmless", "helpful"),  # the adapters: harmless and helpful (of each dataset)
                    seed: int = 0,  # seeds DARE's random drop
                   ) -> str:
-    "Add the merged adapter of the two and make it active; returns its name."
+    """Add the merged adapter and make it active; returns its name. DARE-TIES sums the two adapters; "dare_all" is
+    DARE (drop half, rescale) of four, each dataset's harmless + helpful sum averaged over the datasets."""
     seed_everything(seed)
+    names = list(names)
+    if len(names) != (4 if how == "dare_all" else 2):
+        raise ValueError(f"merge {how!r} needs {4 if how == 'dare_all' else 2} adapters, got {names}")
     if how == "dare_ties":
-        model.add_weighted_adapter(["harmless", "helpful"], [1.0, 1.0], how, combination_type="dare_ties", density=0.5)
+        model.add_weighted_adapter(names, [1.0, 1.0], how, combination_type="dare_ties", density=0.5)
+    elif how == "dare_all":
+        model.add_weighted_adapter(names, [0.5] * 4, how, combination_type="dare_linear", density=0.5)
     else:
-        model.add_weighted_adapter(["harmless", "helpful"], [0.5, 0.5], how, combination_type="linear")
+        model.add_weighted_adapter(names, [0.5, 0.5], how, combination_type="linear")
         for module in model.modules():
             if how not in getattr(module, "lora_A", {}):
                 continue
-            root = {name: math.sqrt(module.scaling[name]) for name in ("harmless", "helpful")}  # fold each scale in
+            root = {name: math.sqrt(module.scaling[name]) for name in names}  # fold each scale in
             for factors in (module.lora_A, module.lora_B):
-                factors[how].weight.data = slerp(factors["harmless"].weight.data * root["harmless"],
-                                                 factors["helpful"].weight.data * root["helpful"])
+                factors[how].weight.data = slerp(*(factors[name].weight.data * root[name] for name in names))
     model.set_adapter(how)
     return how
 
@@ -394,12 +402,15 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
             network.set_adapter(checkpoint.name)
             rows += _rows(score(network), int(checkpoint.name.split("-")[1]))
         return pd.DataFrame(rows)
-    single = {p: sorted(train_adapter({**cell, "preference": p, "merge": "none"}, store).glob("step-*"))[-1]
-              for p in ("harmless", "helpful")}
-    network = PeftModel.from_pretrained(model, single["harmless"], adapter_name="harmless")
-    network.load_adapter(single["helpful"], adapter_name="helpful")
-    merge_adapters(network, cell["merge"], cell["seed"])
-    return pd.DataFrame(_rows(score(network), int(single["harmless"].name.split("-")[1])))
+    datasets = list(DATASETS) if cell["merge"] == "dare_all" else [cell["data"]]
+    single = {f"{p}:{d}": sorted(train_adapter({**cell, "data": d, "preference": p, "merge": "none"}, store)
+                                 .glob("step-*"))[-1] for d in datasets for p in ("harmless", "helpful")}
+    names = list(single)
+    network = PeftModel.from_pretrained(model, single[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        network.load_adapter(single[name], adapter_name=name)
+    merge_adapters(network, cell["merge"], names, cell["seed"])
+    return pd.DataFrame(_rows(score(network), int(single[names[0]].name.split("-")[1])))
 
 # %% ../nbs/04_peft_grid.ipynb #3b28daa6
 _FIXED = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
@@ -505,6 +516,8 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
         "DARE-TIES merges score above the single models on average"),
     7: ("LoRA and QLoRA agree on which method is better",
         "sign of DPO - SFT agrees in 27 of 32 cells"),
+    8: ("The DARE merge of all four adapters (harmless and helpful, both datasets) is best on average",
+        "the all-four DARE merge has the best average score of the single and merged models"),
 }
 
 def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, dict]]:
@@ -568,12 +581,22 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
     agree = (signs["lora"] * signs["qlora"]).dropna() if all(len(v) for v in signs.values()) else pd.Series(dtype=float)
     out[7] = (f"sign of DPO - SFT (overall) agrees between LoRA and QLoRA in {int((agree > 0).sum())} of {len(agree)} cells",
               sign_verdict(agree.to_numpy(), "positive", unit="model x seed cells") if len(agree) else _not_run("one PEFT method"))
+    # 8: the all-four DARE merge - the best other adapter (single or merge of two) of the same model, method, seed
+    adapters = merged.assign(adapter=np.where(merged["merge"] == "none", merged.preference, merged["merge"]))
+    wide = adapters[adapters.adapter.isin(["harmless", "helpful", *MERGES])].pivot_table(
+        index=["model", "method", "seed"], columns="adapter", values="overall")
+    if "dare_all" in wide and wide.shape[1] > 1:
+        lead = (wide["dare_all"] - wide.drop(columns="dare_all").max(axis=1)).dropna()
+        out[8] = (f"overall score of the all-four DARE merge - the best of {', '.join(wide.columns.drop('dare_all'))}: "
+                  f"{_mean_text(lead)}", _values_verdict(lead, "positive", "model x method x seed units"))
+    else:
+        out[8] = ("not run", _not_run("no dare_all merge, or nothing to compare it with"))
     return out
 
 def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                  parameters: dict,  # the chapter's parameters
                 ) -> pd.DataFrame:
-    "One row per claim 1-7 (alignrepro.core.CLAIM_COLUMNS), each verdict computed from the runs across seeds."
+    "One row per claim 1-8 (alignrepro.core.CLAIM_COLUMNS), each verdict computed from the runs across seeds."
     rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], measured, stat)
             for i, (measured, stat) in sorted(_claims_measurements(scores, parameters).items())]
     return pd.DataFrame(rows)

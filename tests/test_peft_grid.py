@@ -1,4 +1,7 @@
 """Tests of alignrepro.peft_grid: design, parameters, claims on constructed scores, merges, and the grid end to end."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +33,7 @@ def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0) -> 
             value = 0.5 + sign * (0.05 if instruct else -0.15)
         value -= sign * 0.1 * (cell["data"] == "hh-rlhf") + sign * 0.1 * (cell["preference"] == "mix")
         value += sign * 0.1 * (cell["merge"] != "none")
+        value += sign * 0.05 * (cell["merge"] == "dare_all")
         slope = sign * (0.1 if instruct else -0.1) if cell["method"] == "dpo" else 0.0
         for step in checkpoint_steps(cell["steps"], cell["checkpoints"]):
             at = value - slope * (1 - step / cell["steps"]) + rng.normal(0, 0.005)
@@ -42,7 +46,7 @@ def test_claims_follow_the_scores():
     params = chapter_parameters()
     cells = design_cells(params)
     reproduced = claims_table(score_table(_synthetic_results(cells)), params)
-    assert list(reproduced.claim_id) == [str(i) for i in range(1, 8)]
+    assert list(reproduced.claim_id) == [str(i) for i in range(1, 9)]
     assert (reproduced.verdict == "reproduced").all(), reproduced[["claim_id", "measured", "statistic"]]
     flipped = claims_table(score_table(_synthetic_results(cells, flip=True)), params)
     assert (flipped.verdict[flipped.claim_id != "7"] == "not reproduced").all(), flipped[["claim_id", "statistic"]]
@@ -135,7 +139,7 @@ def test_chapter_runs_and_seeds_change_numbers(run_chapter):
     tiny = {**TINY, "models": ["llama-base", "llama-instruct"], "methods": ["sft", "dpo"]}
     _, out_dir = run_chapter("04_peft_grid", seeds=[0], **tiny)
     claims = pd.read_csv(out_dir / "claims.csv")
-    assert list(claims.claim_id) == list(range(1, 8)) and set(claims.verdict) <= set(VERDICTS)
+    assert list(claims.claim_id) == list(range(1, 9)) and set(claims.verdict) <= set(VERDICTS)
     assert {p.name for p in out_dir.glob("*.png")} == {"scores_heatmap.png", "dpo_minus_sft.png", "quantity.png",
                                                          "merges.png"}
     _, other_dir = run_chapter("04_peft_grid", seeds=[1], out_dir=str(out_dir.parent / "other"), **tiny)
@@ -167,3 +171,42 @@ def test_command_line_checks_parameters_before_running():
     from alignrepro.cli import main
     with pytest.raises(ParameterError, match="design"):
         main(["grid", "peft", "-p", "design", "half", "-p", "seeds", "[0, 1]"])
+
+
+def test_merges_make_a_new_active_adapter_from_two_or_four():
+    from peft import LoraConfig, get_peft_model
+    from alignrepro.models import toy_model
+    from alignrepro.peft_grid import merge_adapters
+
+    def four_adapters():
+        torch.manual_seed(0)
+        config = LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        model = get_peft_model(toy_model("xxs", 40), config, adapter_name="a")
+        for name in "bcd":
+            model.add_adapter(name, config)
+        return model
+
+    def weights(model, adapter):
+        return torch.cat([m.lora_B[adapter].weight.flatten() for m in model.modules() if adapter in getattr(m, "lora_B", {})])
+
+    model = four_adapters()
+    assert merge_adapters(model, "dare_all", "abcd", seed=3) == "dare_all" and model.active_adapter == "dare_all"
+    merged = weights(model, "dare_all")
+    assert merged.abs().sum() > 0 and not any(torch.equal(merged, weights(model, n)) for n in "abcd")
+    again = four_adapters()
+    merge_adapters(again, "dare_all", "abcd", seed=3)
+    assert torch.equal(weights(again, "dare_all"), merged)  # DARE's random drop is seeded
+    assert merge_adapters(model, "slerp", "ab") == "slerp" and model.active_adapter == "slerp"
+    with pytest.raises(ValueError, match="needs 4 adapters"):
+        merge_adapters(model, "dare_all", "ab")
+
+
+def test_all_four_merge_cell_trains_both_datasets_adapters(tmp_path):
+    cells, fn = grid_plan(**{**TINY, "models": ["llama-base"], "methods": ["sft"], "merges": ["dare_all"]}, seeds=[0])
+    store = RunStore(tmp_path / "runs")
+    table = run_grid(cells, fn, store=store, log=lambda line: None)
+    merged = table[table["merge"] == "dare_all"]
+    assert len(merged) == len(BENCHMARKS) and merged.score.between(0, 1).all()
+    adapters = {(p["data"], p["preference"]) for p in map(json.loads, map(Path.read_text,
+                                                                           store.root.glob("peft_grid_adapter/*/params.json")))}
+    assert adapters == {(d, p) for d in ("beavertails", "hh-rlhf") for p in ("harmless", "helpful")}
