@@ -30,9 +30,9 @@ __all__ = ['PAPER_PRESET', 'RULES', 'PRETRAIN_BATCH', 'PRETRAIN_LR', 'RUN_KEYS',
            'initial_slope', 'fit_knee', 'resolve_setup', 'pretrain_ladder', 'load_spec', 'SentimentData',
            'sentiment_data', 'behaviour_probe', 'finetune', 'rebound_run', 'rebound_curves', 'spec_label',
            'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data', 'resistance_runs',
-           'resistance_gaps', 'rebound_experiments', 'rebound_grid', 'curve_summary', 'censored', 'elasticity_claims',
-           'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_trends', 'plot_theory', 'negatives_table',
-           'closing_text']
+           'resistance_gaps', 'rebound_experiments', 'rebound_grid', 'curve_summary', 'censored', 'censored_crossings',
+           'elasticity_claims', 'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_trends', 'plot_theory',
+           'negatives_table', 'closing_text']
 
 # %% ../nbs/03_elasticity.ipynb #ab502312
 def _sorted_with_zero(values) -> bool:
@@ -664,6 +664,13 @@ def censored(values: pd.Series,  # negatives needed, NaN where the curve never g
     "NaN (never reached within the grid) replaced by twice the grid's end, so ranks put it last."
     return values.fillna(2 * n_neg_max)
 
+
+def censored_crossings(summary: pd.DataFrame  # `curve_summary` rows
+                      ) -> pd.DataFrame:
+    "The rows with `crossing_c` and `matched_c`: the crossing counted from N_neg 0 and from the matched score, censored."
+    return summary.assign(crossing_c=censored(summary.crossing, summary.n_neg_max),
+                          matched_c=censored(summary.crossing - summary.matched_start, summary.n_neg_max))
+
 # %% ../nbs/03_elasticity.ipynb #8b84fa61
 def _per_seed(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], float]) -> list[float]:
     "fn applied to each seed's rows, NaN results dropped."
@@ -726,10 +733,8 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
     "The claims table: one row per claim of the paper (and per control), verdicts computed from the runs."
     main = summary[summary.experiment == "main"]
     sizes, tokens = summary[summary.experiment == "size"], summary[summary.experiment == "tokens"]
-    sizes = sizes.assign(log_params=np.log(sizes.params), crossing_c=censored(sizes.crossing, sizes.n_neg_max),
-                         matched_c=censored(sizes.crossing - sizes.matched_start, sizes.n_neg_max))
-    tokens = tokens.assign(log_tokens=np.log(tokens.pretrain_tokens), crossing_c=censored(tokens.crossing, tokens.n_neg_max),
-                           matched_c=censored(tokens.crossing - tokens.matched_start, tokens.n_neg_max))
+    sizes = censored_crossings(sizes).assign(log_params=np.log(sizes.params))
+    tokens = censored_crossings(tokens).assign(log_tokens=np.log(tokens.pretrain_tokens))
     main = main.assign(kl_crossing_c=censored(main.kl_crossing, main.n_neg_max))
     crossed = main.crossing.notna()
     rows = []
@@ -858,8 +863,7 @@ def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
     for row, (experiment, x, label) in enumerate([("size", "params", "parameters"),
                                                   ("tokens", "pretrain_tokens", "pre-training tokens")]):
         data = summary[summary.experiment == experiment]
-        data = data.assign(crossing_c=censored(data.crossing, data.n_neg_max),
-                           matched_c=censored(data.crossing - data.matched_start, data.n_neg_max))
+        data = censored_crossings(data)
         for ax, (y, short, ylabel) in zip(axes[row], [
                 ("crossing_c", "crossing", "negatives to cross the pre-trained score\n(2x grid end: never)"),
                 ("matched_c", "matched crossing", "the same, counted from the lowest\npost-alignment score of the seed"),

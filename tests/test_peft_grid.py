@@ -210,3 +210,13 @@ def test_all_four_merge_cell_trains_both_datasets_adapters(tmp_path):
     adapters = {(p["data"], p["preference"]) for p in map(json.loads, map(Path.read_text,
                                                                            store.root.glob("peft_grid_adapter/*/params.json")))}
     assert adapters == {(d, p) for d in ("beavertails", "hh-rlhf") for p in ("harmless", "helpful")}
+
+
+def test_notebook_parameters_are_the_library_defaults():
+    "The chapter's parameters cell and `DEFAULTS` (what the CLI and `grid_plan` use) say the same."
+    import ast
+    import nbformat
+    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "04_peft_grid.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    values = {target.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body for target in node.targets}
+    assert values == DEFAULTS
