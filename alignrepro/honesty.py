@@ -627,8 +627,8 @@ def plot_tradeoff(scores: pd.DataFrame,  # `score_table` output
     best = means.loc[order, "honesty"].idxmax()
     ax.set(xlabel="over-conservativeness (share of known questions refused)",
            ylabel="prudence (share of unknown questions refused)", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05),
-           title=f"Most honest here: {best} (honesty {means.loc[best, 'honesty']:.2f}; {split}); "
-                 "squares: paper's Table 5")
+           title=f"Most honest here: {best} (honesty {means.loc[best, 'honesty']:.2f}; {split})\n"
+                 "circles: ours (small: single seeds); squares: the paper's Table 5")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     if path is not None:
