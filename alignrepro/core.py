@@ -240,9 +240,13 @@ class RunStore:
         try:
             build(tmp)
             _atomic_write_text(final.parent / "params.json", json.dumps(params, sort_keys=True, default=str, indent=1))
-            if final.exists():
+            if final.exists() and force:
                 shutil.rmtree(final)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another worker (a parallel grid cell) built it meanwhile: keep theirs, which may be in use
+                if not final.exists():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

@@ -28,12 +28,12 @@ from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS
 
 # %% auto #0
 __all__ = ['STUDY', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
-           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'RUN_KEYS', 'CLAIMS',
-           'chapter_parameters', 'template', 'preference_data', 'training_pairs', 'sft_view', 'instruction_data',
-           'resolve_setup', 'start_model', 'load_start', 'eval_sets', 'benchmark_scores', 'checkpoint_steps',
-           'train_adapter', 'slerp', 'merge_adapters', 'run_cell', 'design_cells', 'grid_plan', 'score_table',
-           'final_scores', 'core_runs', 'paired_difference', 'claims_table', 'score_heatmap', 'method_gap_heatmap',
-           'quantity_plot', 'merge_plot']
+           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'STUDY_VERSION', 'RUN_KEYS',
+           'CLAIMS', 'chapter_parameters', 'template', 'preference_data', 'training_pairs', 'sft_view',
+           'instruction_data', 'resolve_setup', 'start_model', 'load_start', 'eval_sets', 'benchmark_scores',
+           'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'run_cell', 'design_cells',
+           'grid_plan', 'score_table', 'final_scores', 'core_runs', 'paired_difference', 'claims_table',
+           'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
 
 # %% ../nbs/04_peft_grid.ipynb #5c49e9fc
 STUDY = "peft_grid"
@@ -330,27 +330,26 @@ def train_adapter(cell: dict,  # an adapter cell of the grid (model, data, prefe
     return store.artifact(params, build)
 
 # %% ../nbs/04_peft_grid.ipynb #365e94b2
-def slerp(a: torch.Tensor,  # first tensor
-          b: torch.Tensor,  # second tensor, same shape
-          t: float = 0.5,  # 0 gives a, 1 gives b
-         ) -> torch.Tensor:
-    "Spherical interpolation of two tensors (as flat vectors); linear when they are nearly parallel."
+def slerp_coefficients(a: torch.Tensor,  # first tensor
+                       b: torch.Tensor,  # second tensor, same shape
+                       t: float = 0.5,  # 0 gives a, 1 gives b
+                      ) -> tuple[float, float]:
+    "(p, q) such that p a + q b is the spherical interpolation of the two tensors (as flat vectors); linear when parallel."
     x, y = a.flatten().double(), b.flatten().double()
     cos = torch.dot(x, y) / (x.norm() * y.norm()).clamp_min(1e-12)
-    omega = torch.arccos(cos.clamp(-1, 1))
-    if omega.abs() < 1e-4:
-        out = (1 - t) * x + t * y
-    else:
-        out = (torch.sin((1 - t) * omega) * x + torch.sin(t * omega) * y) / torch.sin(omega)
-    return out.reshape(a.shape).to(a.dtype)
+    omega = float(torch.arccos(cos.clamp(-1, 1)))
+    if abs(omega) < 1e-4:
+        return 1 - t, t
+    return math.sin((1 - t) * omega) / math.sin(omega), math.sin(t * omega) / math.sin(omega)
 
 def merge_adapters(model: PeftModel,  # a peft model holding the adapters to merge
-                   how: str,  # "dare_ties" (density 0.5) or "slerp" (per LoRA factor, t=0.5) of two; "dare_all" of four
+                   how: str,  # "dare_ties" (density 0.5) or "slerp" (of each layer's deltas, t=0.5) of two; "dare_all" of four
                    names: Sequence[str] = ("harmless", "helpful"),  # the adapters: harmless and helpful (of each dataset)
                    seed: int = 0,  # seeds DARE's random drop
                   ) -> str:
     """Add the merged adapter and make it active; returns its name. DARE-TIES sums the two adapters; "dare_all" is
-    DARE (drop half, rescale) of four, each dataset's harmless + helpful sum averaged over the datasets."""
+    DARE (drop half, rescale) of four, each dataset's harmless + helpful sum averaged over the datasets. Slerp is exact:
+    each layer's merged delta p dW1 + q dW2 (the slerp of the two deltas) is an adapter of rank r1 + r2."""
     seed_everything(seed)
     names = list(names)
     if len(names) != (4 if how == "dare_all" else 2):
@@ -359,14 +358,15 @@ def merge_adapters(model: PeftModel,  # a peft model holding the adapters to mer
         model.add_weighted_adapter(names, [1.0, 1.0], how, combination_type="dare_ties", density=0.5)
     elif how == "dare_all":
         model.add_weighted_adapter(names, [0.5] * 4, how, combination_type="dare_linear", density=0.5)
-    else:
-        model.add_weighted_adapter(names, [0.5, 0.5], how, combination_type="linear")
+    else:  # "cat" stacks the factors: delta = dW1 + dW2 at scale 1; each layer's rows are then weighted by its p, q
+        model.add_weighted_adapter(names, [1.0, 1.0], how, combination_type="cat")
         for module in model.modules():
             if how not in getattr(module, "lora_A", {}):
                 continue
-            root = {name: math.sqrt(module.scaling[name]) for name in names}  # fold each scale in
-            for factors in (module.lora_A, module.lora_B):
-                factors[how].weight.data = slerp(*(factors[name].weight.data * root[name] for name in names))
+            p, q = slerp_coefficients(*(module.get_delta_weight(name) for name in names))
+            rows = module.r[names[0]]
+            module.lora_A[how].weight.data[:rows] *= p
+            module.lora_A[how].weight.data[rows:] *= q
     model.set_adapter(how)
     return how
 
@@ -413,6 +413,7 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
     return pd.DataFrame(_rows(score(network), int(single[names[0]].name.split("-")[1])))
 
 # %% ../nbs/04_peft_grid.ipynb #3b28daa6
+STUDY_VERSION = 2  # in every cell's key; bump when what a cell computes changes (2: slerp of each layer's deltas)
 _FIXED = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
           "n_eval", "checkpoints"]
 
@@ -421,7 +422,7 @@ def design_cells(p: dict,  # validated chapter parameters
     """The grid's cells. "full": every combination. "fractional": a core (first dataset, PEFT and rank; every model,
     method, preference and seed; the merges), plus the other datasets, PEFTs and ranks on harmless preferences with
     the first model's family (ranks with the first seed only), plus one start-model evaluation per model."""
-    fixed = dict(study=STUDY, **{k: p[k] for k in _FIXED})
+    fixed = dict(study=STUDY, version=STUDY_VERSION, **{k: p[k] for k in _FIXED})
     models = list(resolve_setup(p["scale"], p["models"])["models"])
     common = dict(model=models, method=p["methods"], merge=["none"])
     if p["design"] == "full":

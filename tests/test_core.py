@@ -79,6 +79,20 @@ def test_artifact_built_once(tmp_path):
     assert first == second and (first / "w.bin").read_bytes() == b"123" and len(calls) == 1
 
 
+def test_artifact_built_by_two_workers_at_once_keeps_the_first(tmp_path):
+    "Parallel grid cells may build the same start model: the one that finishes second must not delete the first's."
+    store, params = RunStore(tmp_path), {"study": "m", "size": "xs"}
+
+    def slow(folder):
+        (folder / "who").write_text("second")
+        store.artifact(params, lambda other: (other / "who").write_text("first"))  # another worker finishes meanwhile
+
+    final = store.artifact(params, slow)
+    assert (final / "who").read_text() == "first" and len(list(final.parent.iterdir())) == 2  # artifact, params.json
+    rebuilt = store.artifact(params, lambda folder: (folder / "who").write_text("forced"), force=True)
+    assert (rebuilt / "who").read_text() == "forced"
+
+
 def test_failed_artifact_build_leaves_nothing(tmp_path):
     store = RunStore(tmp_path)
 

@@ -11,7 +11,8 @@ from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.grid import run_grid
 from alignrepro.peft_grid import (BENCHMARKS, DEFAULTS, MODELS, PAPER_MODELS, checkpoint_steps, claims_table,
                                   design_cells, chapter_parameters, grid_plan, paired_difference, preference_data,
-                                  resolve_setup, score_table, slerp, template, training_pairs)
+                                  resolve_setup, score_table, slerp_coefficients, template,
+                                  training_pairs)
 from alignrepro.world import ToyWorld
 
 TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
@@ -105,8 +106,10 @@ def test_data_sources_differ_in_noise_and_turns():
 
 def test_slerp_and_paired_difference():
     a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
-    mid = slerp(a, b)
+    p, q = slerp_coefficients(a, b)
+    mid = p * a + q * b
     assert torch.allclose(mid.norm(), torch.tensor(3.0)) and torch.allclose(mid[0], mid[1])
+    assert slerp_coefficients(a, 2 * a) == (0.5, 0.5)  # parallel: linear
     frame = pd.DataFrame(dict(unit=[0, 0, 1], method=["dpo", "sft", "dpo"], overall=[1.0, 0.25, 0.5]))
     assert paired_difference(frame, ["unit"], "method", "dpo", "sft").tolist() == [0.75]
 
@@ -197,6 +200,10 @@ def test_merges_make_a_new_active_adapter_from_two_or_four():
     merge_adapters(again, "dare_all", "abcd", seed=3)
     assert torch.equal(weights(again, "dare_all"), merged)  # DARE's random drop is seeded
     assert merge_adapters(model, "slerp", "ab") == "slerp" and model.active_adapter == "slerp"
+    for module in [m for m in model.modules() if "slerp" in getattr(m, "lora_A", {})]:  # each layer's deltas, exactly
+        a, b = module.get_delta_weight("a"), module.get_delta_weight("b")
+        p, q = slerp_coefficients(a, b)
+        assert torch.allclose(module.get_delta_weight("slerp"), p * a + q * b, atol=1e-6)
     with pytest.raises(ValueError, match="needs 4 adapters"):
         merge_adapters(model, "dare_all", "ab")
 
