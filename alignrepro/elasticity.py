@@ -703,28 +703,27 @@ def _theory_slope(group: pd.DataFrame) -> float:
     return float(np.polyfit(np.log(ok.k), np.log(ok.slope_ratio), 1)[0]) if ok.k.nunique() >= 2 else float("nan")
 
 
+def _against_main(summary: pd.DataFrame, experiment: str, contrast: Callable[[pd.Series, pd.Series], float]) -> list[float]:
+    "Per seed: `contrast(main run, control run)`, the main run taken at the control experiment's N_pos."
+    main, values = summary[summary.experiment == "main"], []
+    for seed, control in summary[summary.experiment == experiment].groupby("seed"):
+        ref = main[(main.seed == seed) & (main.n_pos == control.n_pos.iloc[0])]
+        if len(ref):
+            values.append(contrast(ref.iloc[0], control.iloc[0]))
+    return values
+
+
 def _tracking(summary: pd.DataFrame) -> list[float]:
     "Per seed: (knee level, main - control) / (pre-trained level, main - control), in log-odds, at the middle N_pos."
-    main, control = summary[summary.experiment == "main"], summary[summary.experiment == "control_share"]
-    values = []
-    for seed, ctrl in control.groupby("seed"):
-        ref = main[(main.seed == seed) & (main.n_pos == ctrl.n_pos.iloc[0])]
-        if len(ref):
-            moved = float(ref.knee_logit.iloc[0] - ctrl.knee_logit.iloc[0])
-            base = float(logit(ref.base_score.iloc[0]) - logit(ctrl.base_score.iloc[0]))
-            values.append(moved / base if base != 0 else float("nan"))
-    return [v for v in values if np.isfinite(v)]
+    def moved(ref: pd.Series, control: pd.Series) -> float:
+        base = float(logit(ref.base_score) - logit(control.base_score))
+        return float(ref.knee_logit - control.knee_logit) / base if base != 0 else float("nan")
+    return [v for v in _against_main(summary, "control_share", moved) if np.isfinite(v)]
 
 
 def _no_knee(summary: pd.DataFrame) -> list[float]:
     "Per seed: log10 slow-down of the pre-trained main model minus the never-pre-trained one, at the same N_pos."
-    main, never = summary[summary.experiment == "main"], summary[summary.experiment == "never"]
-    values = []
-    for seed, row in never.groupby("seed"):
-        ref = main[(main.seed == seed) & (main.n_pos == row.n_pos.iloc[0])]
-        if len(ref):
-            values.append(float(np.log10(ref.slowdown.iloc[0]) - np.log10(row.slowdown.iloc[0])))
-    return values
+    return _against_main(summary, "never", lambda ref, never: float(np.log10(ref.slowdown) - np.log10(never.slowdown)))
 
 
 def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
