@@ -344,7 +344,7 @@ def slerp_coefficients(a: torch.Tensor,  # first tensor
 
 def merge_adapters(model: PeftModel,  # a peft model holding the adapters to merge
                    how: str,  # "dare_ties" (density 0.5) or "slerp" (of each layer's deltas, t=0.5) of two; "dare_all" of four
-                   names: Sequence[str] = ("harmless", "helpful"),  # the adapters: harmless and helpful (of each dataset)
+                   names: Sequence[str],  # the adapters: harmless and helpful (of each dataset, for "dare_all")
                    seed: int = 0,  # seeds DARE's random drop
                   ) -> str:
     """Add the merged adapter and make it active; returns its name. DARE-TIES sums the two adapters; "dare_all" is
