@@ -6,31 +6,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .core import RunStore
+from .core import RunStore, parse_value
 
 GRID_STUDIES = {"peft": "alignrepro.peft_grid"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
 
 # %% auto #0
-__all__ = ['GRID_STUDIES', 'parser', 'main']
+__all__ = ['GRID_STUDIES', 'parser', 'main', 'runs_table', 'runs_summary']
 
 # %% ../nbs/08_cli.ipynb #4b88b1d4
-def _parse_value(text: str):
-    "A parameter value from the command line, read as YAML (`3` -> 3, `5e-3` -> 0.005, `[0, 1]` -> list, `toy` -> 'toy')."
-    value = yaml.safe_load(text)
-    if isinstance(value, str):  # YAML 1.1 reads 5e-3 as a string
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return text if value is None else value
-
-
 def parser() -> argparse.ArgumentParser:
     "The `alignrepro` command's argument parser."
     main = argparse.ArgumentParser(prog="alignrepro", description="Reproducible studies of alignment robustness.")
@@ -44,8 +34,12 @@ def parser() -> argparse.ArgumentParser:
     book.add_argument("--renderer", choices=["auto", "quarto", "nbconvert"], default="auto",
                       help="auto uses Quarto when it is on PATH, else nbconvert")
     book.add_argument("--online", action="store_true", help="allow downloads from the Hugging Face hub (default offline)")
-    runs = commands.add_parser("runs", help="list the runs in the run store")
+    runs = commands.add_parser("runs", help="list the runs in the run store, a table per study")
     runs.add_argument("--study", default=None, help="only this study's runs")
+    runs.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                      help="only runs whose parameter NAME is VALUE, e.g. -p seed 0 (repeatable)")
+    runs.add_argument("--json", action="store_true", help="one JSON line per run with its full parameters")
+    runs.add_argument("--width", type=int, default=None, help="characters per line (default: the terminal's, else 120)")
     runs.add_argument("--root", default=None, help="run store folder (default $ALIGNREPRO_RUNS or ~/.cache/alignrepro/runs)")
     grid = commands.add_parser("grid", help="run a study's grid of cells, resuming where it stopped")
     grid.add_argument("study", choices=sorted(GRID_STUDIES), help="which study's grid")
@@ -65,19 +59,28 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/08_cli.ipynb #46bbf693
 def _book(args) -> int:
     from alignrepro.book import build_book
-    parameters = {name: _parse_value(value) for name, value in args.parameter}
+    parameters = {name: parse_value(value) for name, value in args.parameter}
     result = build_book(args.out, args.project, args.chapters, parameters, args.renderer, args.online)
     print(result.summary())
     return 1 if result.failed else 0
 
 
 def _runs(args) -> int:
-    table = RunStore(args.root).runs(args.study)
+    store = RunStore(args.root)
+    table = store.runs(args.study)
+    for name, value in args.parameter:
+        table = table[[_matches(json.loads(p).get(name), value) for p in table.params]]
     if table.empty:
-        print("no runs stored" + (f" for study {args.study!r}" if args.study else ""))
+        print("no runs stored" + (f" for study {args.study!r}" if args.study else "")
+              + (" with " + ", ".join(f"{n}={v}" for n, v in args.parameter) if args.parameter else ""))
         return 0
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(table.to_string(index=False))
+    if args.json:
+        for row in table.itertuples():
+            print(json.dumps({"study": row.study, "run_id": row.run_id, "finished": row.finished.isoformat(),
+                              "params": json.loads(row.params)}))
+        return 0
+    print(runs_table(table, args.width or shutil.get_terminal_size((120, 24)).columns))
+    print(runs_summary(table, store.disk_bytes(args.study)))
     return 0
 
 
@@ -85,7 +88,7 @@ def _grid(args) -> int:
     import importlib
     from alignrepro.grid import run_grid
     plan = importlib.import_module(GRID_STUDIES[args.study]).grid_plan
-    cells, fn = plan(**{name: _parse_value(value) for name, value in args.parameter})
+    cells, fn = plan(**{name: parse_value(value) for name, value in args.parameter})
     slurm = {k: v for k, v in [("partition", args.slurm_partition), ("gpus_per_node", args.slurm_gpus),
                                 ("timeout_min", args.timeout_min)] if v is not None}
     table = run_grid(cells, fn, executor=args.executor, max_parallel=args.max_parallel, slurm=slurm)
@@ -112,3 +115,57 @@ def main(argv: list[str] | None = None  # arguments (default: sys.argv[1:])
     "Entry point of the `alignrepro` command."
     args = parser().parse_args(argv)
     return {"book": _book, "runs": _runs, "grid": _grid, "readme": _readme}[args.command](args)
+
+# %% ../nbs/08_cli.ipynb #cf6d36f6
+def _compact(value) -> str:
+    "A parameter value as short text: strings as they are, the rest as compact JSON."
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _matches(value, text: str) -> bool:
+    "Whether a stored parameter value is what `text` (from `-p NAME VALUE`) says."
+    return value == parse_value(text) or _compact(value) == text
+
+
+def _fit(table: pd.DataFrame, width: int) -> tuple[list[str], int]:
+    "The table's lines with as many leading columns as fit in `width`, and how many columns were left out."
+    columns, used = [], -2
+    for name in table.columns:
+        size = max(len(name), table[name].str.len().max())
+        if used + 2 + size > width and columns:
+            break
+        columns.append((name, size))
+        used += 2 + size
+    rows = [[name for name, _ in columns]] + [[row[name] for name, _ in columns] for _, row in table.iterrows()]
+    lines = ["  ".join(value.ljust(size) for value, (_, size) in zip(row, columns)).rstrip() for row in rows]
+    return [line[:width] for line in lines], len(table.columns) - len(columns)
+
+
+def runs_table(runs: pd.DataFrame,  # `RunStore.runs()`: study, run_id, finished, params (JSON)
+               width: int = 120,  # characters per line
+               cell: int = 24,  # characters per parameter value at most
+              ) -> str:
+    "The runs as text, a block per study: run id, finished, then the parameters that vary within the study."
+    blocks = []
+    for study, group in runs.groupby("study", sort=True):
+        params = [json.loads(p) for p in group.params]
+        names = sorted({n for p in params for n in p}, key=lambda n: (n != "seed", n))
+        values = {n: [_compact(p.get(n)) for p in params] for n in names}
+        varying = {n: [v if len(v) <= cell else v[:cell - 1] + "…" for v in vs]
+                   for n, vs in values.items() if len(set(vs)) > 1}
+        table = pd.DataFrame({"study": list(group.study), "run_id": list(group.run_id),
+                              "finished": [t.strftime("%Y-%m-%d %H:%M") for t in group.finished], **varying})
+        lines, hidden = _fit(table, width)
+        if hidden:
+            lines.append(f"(+{hidden} more varying parameters: --json shows them all)"[:width])
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def runs_summary(runs: pd.DataFrame,  # `RunStore.runs()`
+                 disk_bytes: int,  # the store's size on disk
+                ) -> str:
+    "One line: runs per study and the store's size on disk."
+    counts = runs.study.value_counts().sort_index()
+    return (f"{len(runs)} runs ({', '.join(f'{study} {n}' for study, n in counts.items())}); "
+            f"{disk_bytes / 2**20:.1f} MiB on disk")

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 # %% auto #0
 __all__ = ['COMMON_RULES', 'CLAIM_COLUMNS', 'VERDICTS', 'seed_everything', 'get_device', 'ParameterError', 'Rule', 'one_of',
-           'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean', 'optional', 'list_of', 'validate',
-           'run_id', 'default_runs_dir', 'RunStore', 'write_claims', 'save_figure']
+           'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean', 'optional', 'list_of', 'parse_value',
+           'validate', 'run_id', 'default_runs_dir', 'RunStore', 'write_claims', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #41ae0642
 def seed_everything(seed: int  # the run's seed
@@ -62,13 +63,15 @@ class Rule:
                 ):
         self.allowed, self.check = allowed, check
 
-    def __call__(self, name: str, value):
-        ok = False
+    def accepts(self, value) -> bool:
+        "Whether `value` passes the check (a check that raises on it counts as a no)."
         try:
-            ok = bool(self.check(value))
+            return bool(self.check(value))
         except (TypeError, ValueError):
-            pass
-        if not ok:
+            return False
+
+    def __call__(self, name: str, value):
+        if not self.accepts(value):
             raise ParameterError(f"parameter {name!r}: got {value!r}; allowed: {self.allowed}")
         return value
 
@@ -156,19 +159,41 @@ COMMON_RULES: dict[str, Rule] = {
 }
 
 
+def parse_value(text: str  # a value as typed on a command line
+               ):
+    "A parameter value typed as text, read as YAML (`3` -> 3, `5e-3` -> 0.005, `[0, 1]` -> list, `toy` -> 'toy')."
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # YAML 1.1 reads 5e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return text if value is None else value
+
+
+def _typed(rule: Rule, value):
+    "`value`, or its YAML reading where `rule` refuses the text but takes what it reads as."
+    if isinstance(value, str) and not rule.accepts(value):
+        parsed = parse_value(value)
+        if rule.accepts(parsed):
+            return parsed
+    return value
+
+
 def validate(params: dict,  # the chapter's parameters, name -> value
              rules: dict,  # name -> rule; every parameter needs one
             ) -> dict:
-    "Check every parameter against its rule; raise `ParameterError` naming the first bad one."
+    "The parameters checked against their rules (text read as YAML where a rule wants a list, number or boolean); raise `ParameterError` naming the first bad one."
     unknown = sorted(set(params) - set(rules))
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r}; known parameters: {', '.join(sorted(rules))}")
     missing = sorted(set(rules) - set(params))
     if missing:
         raise ParameterError(f"parameter {missing[0]!r} is missing; give it a value")
-    for name, rule in rules.items():
-        rule(name, params[name])
-    return params
+    return {name: rule(name, _typed(rule, params[name])) for name, rule in rules.items()}
 
 # %% ../nbs/00_core.ipynb #dbd5ba25
 def _canonical(params: dict) -> str:
@@ -265,6 +290,12 @@ class RunStore:
                          "finished": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc),
                          "params": json.dumps(params, sort_keys=True, default=str)})
         return pd.DataFrame(rows, columns=["study", "run_id", "finished", "params"])
+
+    def disk_bytes(self, study: str | None = None  # only this study's folder
+                  ) -> int:
+        "Bytes on disk of the store (or of one study's runs and artefacts)."
+        folder = self.root / study if study else self.root
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
 
     def query(self, study: str | None = None  # only this study's runs
              ) -> pd.DataFrame:

@@ -79,7 +79,7 @@ def _ladder() -> dict:
 def check_params(params: dict  # the chapter's parameters, name -> value
                 ) -> dict:
     "Validate the chapter's parameters: each against its rule, then the ones that depend on each other."
-    validate(params, RULES)
+    params = validate(params, RULES)
     if params["scale"] == "toy" and params["sizes"] is not None and params["main_size"] not in params["sizes"]:
         raise ParameterError(f"parameter 'main_size': got {params['main_size']!r}; allowed: one of sizes {params['sizes']}")
     if params["pos_share"] == params["control_pos_share"]:

@@ -1,4 +1,5 @@
 """The `alignrepro` command on a tiny dummy book: papermill runs, the nbconvert fallback, failures, runs listing."""
+import json
 import os
 import re
 import subprocess
@@ -83,10 +84,16 @@ def test_book_subset_succeeds_and_parameters_reach_the_chapter(project):
 
 
 def test_runs_command_lists_stored_runs(tmp_path):
-    store = RunStore(tmp_path / "runs")
-    store.get_or_run({"study": "demo", "seed": 5}, lambda: pd.DataFrame({"x": [1]}))
-    proc = alignrepro("runs", "--root", str(tmp_path / "runs"), cwd=tmp_path)
-    assert proc.returncode == 0 and "demo" in proc.stdout and '"seed": 5' in proc.stdout
+    store, root = RunStore(tmp_path / "runs"), str(tmp_path / "runs")
+    for seed in range(3):
+        store.get_or_run({"study": "demo", "seed": seed, "scale": "toy", "sizes": ["xs", "s"] * 40},
+                         lambda: pd.DataFrame({"x": [1]}))
+    proc = alignrepro("runs", "--root", root, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0].split() == ["study", "run_id", "finished", "seed"], proc.stdout
+    assert len(lines) == 5 and max(map(len, lines)) <= 120 and lines[-1].startswith("3 runs (demo 3); ")
+    one = alignrepro("runs", "--root", root, "-p", "seed", "1", "--json", cwd=tmp_path).stdout.splitlines()
+    assert len(one) == 1 and json.loads(one[0])["params"]["sizes"] == ["xs", "s"] * 40
     empty = alignrepro("runs", "--root", str(tmp_path / "none"), cwd=tmp_path)
     assert "no runs stored" in empty.stdout
 

@@ -134,7 +134,8 @@ def test_chapter_runs_and_seeds_change_numbers(run_chapter):
     assert len(claims) == 11 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
     for figure in ["resistance", "rebound", "controls", "trends", "theory"]:
         assert (out_dir / f"{figure}.png").stat().st_size > 10_000
-    _, other_dir = run_chapter("03_elasticity", seeds=[1, 2, 3], out_dir=str(out_dir.parent / "other"), **TINY)
+    _, other_dir = run_chapter("03_elasticity", seeds=[1, 2, 3], out_dir=str(out_dir.parent / "other"), as_yaml=True,
+                               **TINY)  # papermill -y "seeds: [1, 2, 3]\n..."
     other = pd.read_csv(other_dir / "claims.csv")
     assert (claims.measured != other.measured).any()
 

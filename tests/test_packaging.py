@@ -27,7 +27,7 @@ def requirements(tmp_path_factory):
 
 def test_runtime_requirements_hold_no_notebook_or_test_tooling(requirements):
     runtime = {r.name.lower() for r in requirements if r.marker is None}
-    assert {"torch", "transformers", "trl", "peft", "datasets", "pandas", "seaborn", "tqdm"} <= runtime
+    assert {"torch", "transformers", "trl", "peft", "datasets", "pandas", "seaborn", "tqdm", "pyyaml"} <= runtime
     assert not runtime & TOOLING, runtime & TOOLING
     dev = {r.name.lower() for r in requirements if r.marker is not None and "dev" in str(r.marker)}
     assert {"nbdev", "papermill", "nbconvert", "pytest"} <= dev

@@ -155,6 +155,10 @@ def test_chapter_stops_on_a_bad_parameter(run_chapter):
     with pytest.raises(papermill.PapermillExecutionError) as error:
         run_chapter("04_peft_grid", pefts=["dora"])
     assert error.value.ename == "ParameterError" and "pefts" in error.value.evalue
+    for seeds in ("[0, 1.5]", "zero"):  # as typed after -p: text that is not a list of ints even when read as YAML
+        with pytest.raises(papermill.PapermillExecutionError) as error:
+            run_chapter("04_peft_grid", seeds=seeds)
+        assert error.value.ename == "ParameterError" and f"parameter 'seeds': got {seeds!r}" in error.value.evalue
 
 
 @pytest.mark.slow
@@ -225,5 +229,6 @@ def test_notebook_parameters_are_the_library_defaults():
     import nbformat
     notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "04_peft_grid.ipynb", as_version=4)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    values = {target.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body for target in node.targets}
-    assert values == DEFAULTS
+    body = ast.parse(cell.source).body
+    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
+    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS
