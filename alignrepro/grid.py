@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .core import RunStore
@@ -33,6 +37,17 @@ def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame
     return len(store.get_or_run(cell, lambda: fn(cell, store)))
 
 
+def _one_thread() -> None:
+    "A pool worker's set-up: one torch thread, so that the workers share the cores instead of fighting over them."
+    torch.set_num_threads(1)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    "Worker processes, forked where the platform can (cells defined in a notebook then run as they are)."
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread)
+
+
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
     import submitit
     cluster = None if kind == "submitit" else kind  # None: Slurm when available, else local
@@ -47,14 +62,16 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
              fn: Callable[[dict, RunStore], pd.DataFrame],  # module-level: (cell, store) -> result table; the cell
                                                             # caches what it builds (models, adapters) in that store
              store: RunStore | None = None,  # where results live (default store)
-             executor: str = "local",  # "local" (this process), "submitit" (Slurm if found, else local jobs)
-             max_parallel: int = 1,  # at most this many cells running at once (submitit)
+             executor: str = "local",  # "local" (this process), "pool" (worker processes here, one torch thread
+                                       # each), "submitit" (Slurm if found, else local jobs) or "submitit-local"
+             max_parallel: int | None = None,  # cells running at once; None: every core for "pool", else 1
              slurm: dict | None = None,  # Slurm settings without the prefix, e.g. {"partition": "gpu", "gpus_per_node": 1}
              log: Callable[[str], None] = print,  # where the per-cell log lines go
             ) -> pd.DataFrame:
     "Compute the cells the store lacks, then return every cell's result rows with its parameters."
-    if executor not in ("local", "submitit", "submitit-local"):
-        raise ValueError(f"executor: got {executor!r}; allowed: 'local', 'submitit', 'submitit-local'")
+    if executor not in ("local", "pool", "submitit", "submitit-local"):
+        raise ValueError(f"executor: got {executor!r}; allowed: 'local', 'pool', 'submitit', 'submitit-local'")
+    max_parallel = max_parallel or (os.cpu_count() or 1 if executor == "pool" else 1)
     store = store or RunStore()
     pending = [cell for cell in cells if not store.has(cell)]
     log(f"grid: {len(cells) - len(pending)} of {len(cells)} cells already done, {len(pending)} to run")
@@ -70,6 +87,11 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
     if executor == "local":
         for cell in pending:
             finished(cell, _run_cell(str(store.root), cell, fn))
+    elif executor == "pool":
+        with _pool(max_parallel) as pool:
+            jobs = {pool.submit(_run_cell, str(store.root), cell, fn): cell for cell in pending}
+            for job in as_completed(jobs):
+                finished(jobs[job], job.result())  # re-raises the cell's error
     else:
         kind = "local" if executor == "submitit-local" else "submitit"
         pool = _executor(kind, store.root / "_submitit", max_parallel, slurm)
