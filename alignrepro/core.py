@@ -8,12 +8,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +28,10 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['COMMON_RULES', 'CLAIM_COLUMNS', 'VERDICTS', 'seed_everything', 'get_device', 'ParameterError', 'Rule', 'one_of',
-           'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean', 'optional', 'list_of', 'parse_value',
-           'validate', 'run_id', 'default_runs_dir', 'RunStore', 'write_claims', 'save_figure']
+__all__ = ['COMMON_RULES', 'PROVENANCE_PACKAGES', 'CLAIM_COLUMNS', 'VERDICTS', 'seed_everything', 'get_device', 'ParameterError',
+           'Rule', 'one_of', 'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean', 'optional', 'list_of',
+           'parse_value', 'validate', 'run_id', 'default_runs_dir', 'provenance', 'RunStore', 'write_claims',
+           'save_figure']
 
 # %% ../nbs/00_core.ipynb #41ae0642
 def seed_everything(seed: int  # the run's seed
@@ -211,6 +218,54 @@ def default_runs_dir() -> Path:
     "Where runs live: `$ALIGNREPRO_RUNS`, else `~/.cache/alignrepro/runs`."
     return Path(os.environ.get("ALIGNREPRO_RUNS") or Path.home() / ".cache" / "alignrepro" / "runs")
 
+# %% ../nbs/00_core.ipynb #66404654
+PROVENANCE_PACKAGES = ("alignrepro", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
+                       "numpy", "pandas")  # whose versions every run records
+
+
+@cache
+def _environment() -> dict:
+    "What does not change within a process: package versions, the checkout's commit, the host."
+    versions = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "not a checkout"
+    except (OSError, subprocess.SubprocessError, NameError):
+        commit = "not a checkout"
+    return dict(packages=versions, git_commit=commit, host=socket.gethostname(), python=platform.python_version())
+
+
+def provenance(started: float  # when the run started (`time.time()`)
+              ) -> dict:
+    "Where and how a run was computed: packages, commit, device, torch threads, host, start time and duration."
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    return dict(_environment(), device=device, torch_threads=torch.get_num_threads(),
+                started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                seconds=round(time.time() - started, 3))
+
+
+def _temporary_prefix() -> str:
+    "Temporary names carry the host and process, so that a later run can tell an abandoned one from a live one."
+    return f".tmp.{socket.gethostname()}.{os.getpid()}."
+
+
+def _remove_stale(folder: Path) -> None:
+    "Remove temporary files and folders in `folder` left by processes of this host that no longer run."
+    prefix = f".tmp.{socket.gethostname()}."
+    for path in folder.glob(prefix + "*"):
+        pid = path.name[len(prefix):].split(".")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass
+
 # %% ../nbs/00_core.ipynb #89ccfc61
 class RunStore:
     "Runs keyed by their parameters: results as parquet tables, artefacts as folders, all written atomically."
@@ -238,12 +293,15 @@ class RunStore:
         path = self.result_path(params)
         if path.exists() and not force:
             return pd.read_parquet(path)
+        started = time.time()
         result = fn()
         if not isinstance(result, pd.DataFrame):
             raise TypeError(f"run function must return a pandas DataFrame, got {type(result).__name__}")
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent)
         _atomic_write_text(path.parent / "params.json", json.dumps(params, sort_keys=True, default=str, indent=1))
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        _atomic_write_text(path.parent / "provenance.json", json.dumps(provenance(started), indent=1))
+        tmp = path.with_name(f"{_temporary_prefix()}{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             result.to_parquet(tmp, index=False)
             os.replace(tmp, path)
@@ -261,10 +319,12 @@ class RunStore:
         if final.exists() and not force:
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".artifact.", dir=final.parent))
+        _remove_stale(final.parent)
+        tmp, started = Path(tempfile.mkdtemp(prefix=_temporary_prefix() + "artifact.", dir=final.parent)), time.time()
         try:
             build(tmp)
             _atomic_write_text(final.parent / "params.json", json.dumps(params, sort_keys=True, default=str, indent=1))
+            _atomic_write_text(final.parent / "provenance.json", json.dumps(provenance(started), indent=1))
             if final.exists() and force:
                 shutil.rmtree(final)
             try:
@@ -312,7 +372,7 @@ class RunStore:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f"{_temporary_prefix()}{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -88,7 +88,8 @@ def test_artifact_built_by_two_workers_at_once_keeps_the_first(tmp_path):
         store.artifact(params, lambda other: (other / "who").write_text("first"))  # another worker finishes meanwhile
 
     final = store.artifact(params, slow)
-    assert (final / "who").read_text() == "first" and len(list(final.parent.iterdir())) == 2  # artifact, params.json
+    assert (final / "who").read_text() == "first" and sorted(p.name for p in final.parent.iterdir()) == [
+        "artifact", "params.json", "provenance.json"]
     rebuilt = store.artifact(params, lambda folder: (folder / "who").write_text("forced"), force=True)
     assert (rebuilt / "who").read_text() == "forced"
 

@@ -51,7 +51,7 @@ def test_grid_killed_midway_resumes_to_the_uninterrupted_table(tmp_path):
     assert not list(root.glob("killtest/*/*.tmp")), "a half-written result was left behind"
     resumed = run_script(tmp_path, root, 0)
     out, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0
+    assert resumed.returncode == 0 and not list(root.rglob(".tmp.*")), "stale temporaries left after the resume"
     assert f"{done} of 12 cells already done, {12 - done} to run" in out
     pd.testing.assert_frame_equal(pd.read_parquet(root / "final.parquet"), pd.read_parquet(tmp_path / "ref" / "final.parquet"))
 
@@ -71,7 +71,7 @@ def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
 
 
 def test_grid_rejects_unknown_executor(tmp_path):
-    with pytest.raises(ValueError, match="allowed: 'local', 'submitit'"):
+    with pytest.raises(ValueError, match="allowed: 'local', 'pool', 'submitit'"):
         run_grid([], lambda cell, store: pd.DataFrame(), RunStore(tmp_path), executor="kubernetes")
 
 
