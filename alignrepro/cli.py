@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from .core import RunStore, parse_value
 
 GRID_STUDIES = {"peft": "alignrepro.peft_grid"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
@@ -24,6 +25,7 @@ __all__ = ['GRID_STUDIES', 'parser', 'main', 'runs_table', 'runs_summary']
 def parser() -> argparse.ArgumentParser:
     "The `alignrepro` command's argument parser."
     main = argparse.ArgumentParser(prog="alignrepro", description="Reproducible studies of alignment robustness.")
+    main.add_argument("--version", action="version", version=f"alignrepro {__version__}")
     commands = main.add_subparsers(dest="command", required=True)
     book = commands.add_parser("book", help="run every chapter with papermill and render the book")
     book.add_argument("--out", default="_build", help="output folder for executed chapters and the book (default _build)")
@@ -51,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     grid.add_argument("--timeout-min", type=int, default=None, help="Slurm time limit per cell, minutes")
     grid.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                       help="a grid parameter, as in the chapter's parameters cell (repeatable)")
+    claims = commands.add_parser("claims", help="print the merged claims table of a built book")
+    claims.add_argument("out", nargs="?", default="_build", help="the book's output folder (default _build)")
+    claims.add_argument("--csv", default=None, help="also write the merged table to this CSV file")
     readme = commands.add_parser("readme", help="write README.md from nbs/index.ipynb")
     readme.add_argument("--project", default=None, help="folder with nbs/index.ipynb (default: found from here)")
     readme.add_argument("--check", action="store_true", help="fail if README.md differs instead of writing it")
@@ -84,6 +89,20 @@ def _runs(args) -> int:
     return 0
 
 
+def _claims(args) -> int:
+    from alignrepro.book import claims_summary
+    table = claims_summary(args.out)
+    if table.empty:
+        print(f"no claims.csv under {args.out}: build the book first (alignrepro book --out {args.out})", file=sys.stderr)
+        return 1
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(table.drop(columns=[c for c in ("claim", "paper") if c in table.columns]).to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def _grid(args) -> int:
     import importlib
     from alignrepro.grid import run_grid
@@ -114,7 +133,7 @@ def main(argv: list[str] | None = None  # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `alignrepro` command."
     args = parser().parse_args(argv)
-    return {"book": _book, "runs": _runs, "grid": _grid, "readme": _readme}[args.command](args)
+    return {"book": _book, "runs": _runs, "claims": _claims, "grid": _grid, "readme": _readme}[args.command](args)
 
 # %% ../nbs/08_cli.ipynb #cf6d36f6
 def _compact(value) -> str:

@@ -30,7 +30,7 @@ def test_runtime_requirements_hold_no_notebook_or_test_tooling(requirements):
     assert {"torch", "transformers", "trl", "peft", "datasets", "pandas", "seaborn", "tqdm", "pyyaml"} <= runtime
     assert not runtime & TOOLING, runtime & TOOLING
     dev = {r.name.lower() for r in requirements if r.marker is not None and "dev" in str(r.marker)}
-    assert {"nbdev", "papermill", "nbconvert", "pytest"} <= dev
+    assert {"nbdev", "papermill", "nbconvert", "pytest", "jupyterlab"} <= dev
 
 
 def test_torch_is_a_range_not_a_pin(requirements):
