@@ -58,6 +58,18 @@ def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
     return executor
 
 
+def _wait_any(running: list, finished: Callable) -> None:
+    "Wait until one of the running (cell, submitit job) pairs ends; hand each ended one to `finished`."
+    while running:
+        ended = [pair for pair in running if pair[1].done()]
+        for cell, job in ended:
+            running.remove((cell, job))
+            finished(cell, job.result())  # re-raises the cell's error
+        if ended:
+            return
+        time.sleep(0.2)
+
+
 def run_grid(cells: list[dict],  # resolved parameters of every cell
              fn: Callable[[dict, RunStore], pd.DataFrame],  # module-level: (cell, store) -> result table; the cell
                                                             # caches what it builds (models, adapters) in that store
@@ -95,15 +107,18 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
     else:
         kind = "local" if executor == "submitit-local" else "submitit"
         pool = _executor(kind, store.root / "_submitit", max_parallel, slurm)
-        queue, running = list(pending), []
-        while queue or running:
-            while queue and len(running) < max_parallel:
-                cell = queue.pop(0)
-                running.append((cell, pool.submit(_run_cell, str(store.root), cell, fn)))
-            time.sleep(0.2)
-            for cell, job in [r for r in running if r[1].done()]:
-                running.remove((cell, job))
-                finished(cell, job.result())  # re-raises the cell's error
+        if pool.cluster == "slurm":  # one job array: Slurm runs at most max_parallel of its tasks at once
+            with pool.batch():
+                running = [(cell, pool.submit(_run_cell, str(store.root), cell, fn)) for cell in pending]
+            while running:
+                _wait_any(running, finished)
+        else:  # submitit's local executor has no array limit: submit a cell as another ends
+            queue, running = list(pending), []
+            while queue or running:
+                while queue and len(running) < max_parallel:
+                    cell = queue.pop(0)
+                    running.append((cell, pool.submit(_run_cell, str(store.root), cell, fn)))
+                _wait_any(running, finished)
     bar.close()
     return collect(cells, store)
 

@@ -84,3 +84,35 @@ def test_cells_get_the_grid_store(tmp_path):
     store = RunStore(tmp_path / "runs")
     table = run_grid(grid_cells({"study": "whole"}, {"x": [1, 2]}), build, store, log=lambda line: None)
     assert [Path(f).parent.parent.parent for f in table.folder] == [store.root] * 2
+
+
+def test_slurm_gets_one_job_array(tmp_path, monkeypatch):
+    "On Slurm the pending cells are submitted inside one `batch()` (a job array whose parallelism Slurm enforces)."
+    import contextlib
+
+    import alignrepro.grid as grid
+
+    class Job:
+        def __init__(self, value): self.value = value
+        def done(self): return True
+        def result(self): return self.value
+
+    class FakeSlurm:
+        cluster, in_batch, submitted = "slurm", False, []
+
+        @contextlib.contextmanager
+        def batch(self):
+            self.in_batch = True
+            yield
+            self.in_batch = False
+
+        def submit(self, fn, *args):
+            self.submitted.append(self.in_batch)
+            return Job(fn(*args))
+
+    slurm = FakeSlurm()
+    monkeypatch.setattr(grid, "_executor", lambda *args: slurm)
+    cells = grid_cells({"study": "arr"}, {"x": [1, 2, 3]})
+    table = run_grid(cells, lambda cell, store: pd.DataFrame({"y": [cell["x"] * 2]}), RunStore(tmp_path),
+                     executor="submitit", max_parallel=2, log=lambda line: None)
+    assert slurm.submitted == [True, True, True] and table.y.tolist() == [2, 4, 6]
