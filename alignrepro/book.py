@@ -22,8 +22,9 @@ import pandas as pd
 from .core import CLAIM_COLUMNS
 
 # %% auto #0
-__all__ = ['GENERATED_PAGES', 'find_project', 'book_pages', 'strip_directives', 'claims_summary', 'claims_page', 'api_page',
-           'PageResult', 'run_page', 'render_nbconvert', 'render_quarto', 'BookResult', 'build_book', 'readme_text']
+__all__ = ['GENERATED_PAGES', 'find_project', 'book_outline', 'book_pages', 'strip_directives', 'clean_outputs', 'claims_summary',
+           'claims_page', 'api_page', 'PageResult', 'run_page', 'apply_cell_options', 'render_nbconvert',
+           'render_quarto', 'BookResult', 'build_book', 'readme_text']
 
 # %% ../nbs/07_book.ipynb #e7e41e40
 GENERATED_PAGES = ("claims.ipynb", "api.ipynb")
@@ -38,37 +39,81 @@ def find_project(start: str | Path = ".") -> Path:
     raise FileNotFoundError(f"no _quarto.yml in {here} or above: run inside an alignrepro checkout or pass --project")
 
 
+def _quarto_config(project: str | Path) -> dict:
+    import yaml
+    return yaml.safe_load((Path(project) / "_quarto.yml").read_text())
+
+
+def book_outline(project: str | Path  # folder with `_quarto.yml`
+                ) -> list[tuple[str | None, str]]:
+    "The book's pages in order, each with the title of its part (None outside parts), from `_quarto.yml`."
+    outline = []
+    for entry in _quarto_config(project)["book"]["chapters"]:
+        if isinstance(entry, dict):  # a part: {part: title, chapters: [...]}
+            outline += [(entry.get("part"), c if isinstance(c, str) else c["href"]) for c in entry.get("chapters", [])]
+        else:
+            outline.append((None, entry))
+    return outline
+
+
 def book_pages(project: str | Path  # folder with `_quarto.yml`
               ) -> list[str]:
     "The book's pages in order, as listed under `book.chapters` in `_quarto.yml`."
-    import yaml
-    config = yaml.safe_load((Path(project) / "_quarto.yml").read_text())
-    pages = []
-    for entry in config["book"]["chapters"]:
-        if isinstance(entry, dict):  # a part: {part: title, chapters: [...]}
-            pages += [c if isinstance(c, str) else c["href"] for c in entry.get("chapters", [])]
-        else:
-            pages.append(entry)
-    return pages
+    return [page for _, page in book_outline(project)]
 
 # %% ../nbs/07_book.ipynb #42aab0e9
-_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*(\w+)")
+_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*(:)?")
 _DROP = {"hide", "default_exp"}
+
+
+def _is_option(match) -> bool:
+    "A directive `#| name: value` (with a colon) is a Quarto cell option, as nbdev reads it."
+    return bool(match and match.group(2))
 
 
 def strip_directives(notebook  # an nbformat notebook, changed in place and returned
                     ):
-    "Drop `#| hide` / `#| default_exp` cells and remove every nbdev directive line from code cells."
+    "Drop `#| hide` / `#| default_exp` cells and remove nbdev's directive lines, keeping Quarto's cell options."
     kept = []
     for cell in notebook.cells:
         if cell.cell_type == "code":
             lines = cell.source.splitlines()
-            names = {m.group(1) for m in map(_DIRECTIVE.match, lines) if m}
-            if names & _DROP:
+            matches = [_DIRECTIVE.match(line) for line in lines]
+            if {m.group(1) for m in matches if m} & _DROP:
                 continue
-            cell.source = "\n".join(line for line in lines if not _DIRECTIVE.match(line)).strip("\n")
+            kept_lines = [line for line, m in zip(lines, matches) if not m or _is_option(m)]
+            cell.source = "\n".join(kept_lines).strip("\n")
         kept.append(cell)
     notebook.cells = kept
+    return notebook
+
+# %% ../nbs/07_book.ipynb #06dfd346
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _terminal_text(text: str) -> str:
+    "`text` as a terminal shows it: the last thing written after a carriage return stands on its line."
+    return "\n".join(([part for part in line.split("\r") if part] or [""])[-1] for line in text.split("\n"))
+
+
+def clean_outputs(notebook  # an executed notebook, changed in place and returned
+                 ):
+    "Drop stderr streams (warnings, log lines, progress bars) and widget views; stdout as a terminal shows it."
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.outputs:
+            if output.output_type == "stream":
+                if output.name == "stderr":
+                    continue
+                output.text = _terminal_text(output.text)
+                if not output.text.strip():
+                    continue
+            elif _WIDGET in output.get("data", {}):
+                continue
+            kept.append(output)
+        cell.outputs = kept
     return notebook
 
 # %% ../nbs/07_book.ipynb #9b5c18aa
@@ -158,39 +203,130 @@ def run_page(source: Path,  # the page's notebook in nbs/
     except Exception as error:  # papermill wraps the cell's error; report it and go on with the book
         return PageResult(source.name, "failed", time.time() - start, _failure_text(error))
 
+# %% ../nbs/07_book.ipynb #0648d0e7
+def _cell_options(source: str) -> tuple[dict, str]:
+    "A code cell's leading Quarto options (`#| name: value` lines) and the source without them."
+    import yaml
+    lines, options = source.splitlines(), {}
+    while lines and _is_option(_DIRECTIVE.match(lines[0])):
+        try:
+            option = yaml.safe_load(re.sub(r"^\s*#\s*\|\s*", "", lines.pop(0)))
+        except yaml.YAMLError:
+            continue
+        options.update(option if isinstance(option, dict) else {})
+    return options, "\n".join(lines)
+
+
+def apply_cell_options(notebook  # a page with Quarto cell options, changed in place and returned
+                      ):
+    "Do what Quarto does with `code-fold`, `code-summary`, `echo`, `output` and `include`, for nbconvert."
+    kept = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            options, cell.source = _cell_options(cell.source)
+            if options.get("include") is False:
+                continue
+            if options.get("echo") is False:
+                cell.metadata.setdefault("transient", {})["remove_source"] = True
+            if options.get("output") is False:
+                cell.outputs = []
+            fold = options.get("code-fold")
+            if fold is True or fold in ("true", "show"):
+                cell.metadata["book"] = {"fold": "show" if fold == "show" else "true",
+                                         "summary": str(options.get("code-summary", "Code"))}
+        kept.append(cell)
+    notebook.cells = kept
+    return notebook
+
 # %% ../nbs/07_book.ipynb #24033ac0
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{% block extra_css %}<style>
+.book-nav {position: fixed; top: 0; bottom: 0; left: 0; width: 16rem; overflow-y: auto; box-sizing: border-box;
+  padding: 1.5rem 1rem; border-right: 1px solid #dee2e6; background: #f8f9fa; font: 0.9rem/1.5 system-ui, sans-serif}
+.book-nav .book-title {font-weight: 600; font-size: 1rem; margin: 0 0 1rem}
+.book-nav ol {list-style: none; padding-left: 0; margin: 0}
+.book-nav .book-part {margin-top: 0.8rem; color: #6c757d; font-size: 0.8rem; text-transform: uppercase}
+.book-nav .book-part ol {text-transform: none; font-size: 0.9rem}
+.book-nav a {display: block; padding: 0.15rem 0.5rem; color: #212529; text-decoration: none; border-radius: 0.25rem}
+.book-nav a:hover {background: #e9ecef}
+.book-nav a[aria-current] {background: #2780e3; color: #fff}
+.book-nav .book-note {margin-top: 1.5rem; color: #6c757d; font-size: 0.75rem}
+main {margin-left: 17rem; max-width: 62rem}
+details.book-fold > summary {cursor: pointer; color: #6c757d; font: 0.85rem system-ui, sans-serif; padding: 0.2rem 0}
+@media (max-width: 50rem) {.book-nav {position: static; width: auto; border-right: 0; border-bottom: 1px solid #dee2e6}
+  main {margin-left: 0}}
+</style>{% endblock extra_css %}
+{%- block body_header -%}
+<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
+{{ resources.book_nav }}
+<main>
+{%- endblock body_header -%}
+{% block input_group -%}
+{%- set fold = cell.metadata.get("book", {}).get("fold") -%}
+{%- if fold -%}
+<details class="book-fold"{{ " open" if fold == "show" }}><summary>{{ cell.metadata.book.summary | e }}</summary>
+{{ super() }}
+</details>
+{%- else -%}{{ super() }}{%- endif -%}
+{% endblock input_group %}
+"""
+
+
+def _html_name(page: str) -> str:
+    return Path(page).stem + ".html"  # index.ipynb is index.html, the home page, as in Quarto
+
+
+def _heading(notebook, page: str) -> str:
+    return next((c.source.splitlines()[0].lstrip("# ").strip() for c in notebook.cells
+                 if c.cell_type == "markdown" and c.source.startswith("# ")), Path(page).stem)
+
+
+def _sidebar(title: str, entries: list[tuple[str | None, str, str]], current: str, note: str) -> str:
+    "The book's navigation: `entries` are (part, page, heading) in book order; `current` is marked."
+    items, part = [], None
+    for entry_part, page, heading in entries:
+        if entry_part != part:
+            if part is not None:
+                items.append("</ol></li>")
+            if entry_part is not None:
+                items.append(f'<li class="book-part">{html.escape(entry_part)}<ol>')
+            part = entry_part
+        mark = ' aria-current="page"' if page == current else ""
+        items.append(f'<li><a href="{_html_name(page)}"{mark}>{html.escape(heading)}</a></li>')
+    if part is not None:
+        items.append("</ol></li>")
+    return (f'<nav class="book-nav" aria-label="Book"><p class="book-title">{html.escape(title)}</p>'
+            f'<ol>{"".join(items)}</ol><p class="book-note">{html.escape(note)}</p></nav>')
+
+
 def render_nbconvert(src: Path,  # folder of the pages to render (cleaned notebooks)
                      pages: list[str],  # page file names in book order
                      title: str = "alignrepro",  # the book's title
+                     parts: dict[str, str] | None = None,  # page -> title of its part, for the sidebar
                     ) -> Path:
-    "Render each page with nbconvert into `src/_book/`, plus an index.html linking them in order."
+    "Render each page with nbconvert into `src/_book/`, every one with a sidebar linking every page in order."
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
     site = src / "_book"
     site.mkdir(exist_ok=True)
-    exporter = HTMLExporter()
-    links = []
-    for page in pages:
-        if not (src / page).exists():
-            continue
-        notebook = nbformat.read(src / page, as_version=4)
-        body, _ = exporter.from_notebook_node(notebook)
-        name = "preface.html" if page == "index.ipynb" else Path(page).stem + ".html"
-        (site / name).write_text(body, encoding="utf-8")
-        heading = next((c.source.splitlines()[0].lstrip("# ") for c in notebook.cells
-                        if c.cell_type == "markdown" and c.source.startswith("# ")), Path(page).stem)
-        links.append(f'<li><a href="{name}">{html.escape(heading)}</a></li>')
-    index = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-             f"<body><h1>{html.escape(title)}</h1><p>Rendered with nbconvert (Quarto was not found).</p>"
-             f"<ol>{''.join(links)}</ol></body></html>")
-    (site / "index.html").write_text(index, encoding="utf-8")
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"book.html.j2": _TEMPLATE})], template_file="book.html.j2")
+    notebooks = {page: nbformat.read(src / page, as_version=4) for page in pages if (src / page).exists()}
+    if "index.ipynb" not in notebooks:  # the sidebar's home page
+        notebooks = {"index.ipynb": _markdown_page(title, []), **notebooks}
+    entries = [((parts or {}).get(page), page, _heading(nb, page)) for page, nb in notebooks.items()]
+    for page, notebook in notebooks.items():
+        nav = _sidebar(title, entries, page, "Rendered with nbconvert (Quarto was not found).")
+        resources = {"book_nav": nav, "metadata": {"name": f"{_heading(notebook, page)} - {title}"}}
+        body, _ = exporter.from_notebook_node(apply_cell_options(notebook), resources=resources)
+        (site / _html_name(page)).write_text(body, encoding="utf-8")
     return site
 
 
 def render_quarto(src: Path) -> Path:
     "Render the book in `src` (which holds `_quarto.yml`) with `quarto render`."
     subprocess.run(["quarto", "render", str(src)], check=True)
-    return src / "_book"
+    return src / _quarto_config(src).get("project", {}).get("output-dir", "_book")
 
 # %% ../nbs/07_book.ipynb #bc86902f
 @dataclass
@@ -228,7 +364,8 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     wanted = {Path(c).stem for c in chapters} if chapters else None
-    pages = book_pages(project)
+    outline = book_outline(project)
+    pages = [page for _, page in outline]
     results = []
     for number, page in enumerate(pages, 1):
         if page in GENERATED_PAGES or (wanted and Path(page).stem not in wanted and page != "index.ipynb"):
@@ -238,24 +375,45 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
         result = run_page(project / "nbs" / page, out / page, params, cwd=project / "nbs")
         log(f"[{number}/{len(pages)}] {page} {result.status} in {result.seconds:.1f}s")
         results.append(result)
-    for page in pages:
-        if (out / page).exists() and page not in GENERATED_PAGES:
-            nbformat.write(strip_directives(nbformat.read(out / page, as_version=4)), out / page)
-    nbformat.write(claims_page(out), out / "claims.ipynb")
-    nbformat.write(api_page(_library_modules(project)), out / "api.ipynb")
-    shutil.copyfile(project / "_quarto.yml", out / "_quarto.yml")
-    use_quarto = renderer == "quarto" or (renderer == "auto" and shutil.which("quarto"))
-    site = render_quarto(out) if use_quarto else render_nbconvert(out, [p for p in pages if (out / p).exists()])
+    site = _render(out, project, outline, renderer)
     return BookResult(site, results)
 
 
+def _render(out: Path, project: Path, outline: list[tuple[str | None, str]], renderer: str) -> Path:
+    "Prepare the pages for readers in `out/_pages`, render them, and move the site to `out/_book`."
+    import nbformat
+    src = out / "_pages"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir()
+    for _, page in outline:
+        if (out / page).exists() and page not in GENERATED_PAGES:
+            notebook = nbformat.read(out / page, as_version=4)
+            nbformat.write(clean_outputs(strip_directives(notebook)), src / page)
+    nbformat.write(claims_page(out), src / "claims.ipynb")
+    nbformat.write(api_page(_library_modules(project)), src / "api.ipynb")
+    shutil.copyfile(project / "_quarto.yml", src / "_quarto.yml")
+    if renderer == "quarto" or (renderer == "auto" and shutil.which("quarto")):
+        rendered = render_quarto(src)
+    else:
+        title = _quarto_config(project)["book"].get("title", "alignrepro")
+        rendered = render_nbconvert(src, [p for _, p in outline if (src / p).exists()], title,
+                                    {page: part for part, page in outline if part})
+    site = out / "_book"
+    shutil.rmtree(site, ignore_errors=True)
+    shutil.move(str(rendered), str(site))
+    return site
+
+
 def _library_modules(project: Path) -> list[str]:
-    "The library's modules in notebook order, from the `#| default_exp` line of each notebook."
+    "Every library module in notebook order: the `#| default_exp` cell of each notebook in `nbs/`."
+    import nbformat
     names = []
-    for notebook in sorted((project / "nbs").glob("*.ipynb")):
-        match = re.search(r"#\|\s*default_exp\s+([\w.]+)", notebook.read_text(encoding="utf-8"))
-        if match:
-            names.append(f"alignrepro.{match.group(1)}")
+    for path in sorted((project / "nbs").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            match = cell.cell_type == "code" and re.match(r"\s*#\s*\|\s*default_exp\s+([\w.]+)", cell.source)
+            if match:
+                names.append(f"alignrepro.{match.group(1)}")
+                break
     return [n for n in names if importlib.util.find_spec(n) is not None]
 
 # %% ../nbs/07_book.ipynb #a40d8fa4
@@ -264,6 +422,6 @@ def readme_text(project: str | Path  # folder with `nbs/index.ipynb`
     "The README's Markdown: `nbs/index.ipynb` with nbdev directives stripped, code cells as fenced blocks."
     import nbformat
     from nbconvert import MarkdownExporter
-    notebook = strip_directives(nbformat.read(Path(project) / "nbs" / "index.ipynb", as_version=4))
+    notebook = apply_cell_options(strip_directives(nbformat.read(Path(project) / "nbs" / "index.ipynb", as_version=4)))
     body, _ = MarkdownExporter().from_notebook_node(notebook)
     return re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"

@@ -5,14 +5,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.grid import run_grid
-from alignrepro.peft_grid import (BENCHMARKS, DEFAULTS, MODELS, PAPER_MODELS, checkpoint_steps, claims_table,
-                                  design_cells, chapter_parameters, grid_plan, paired_difference, preference_data,
-                                  resolve_setup, score_table, slerp_coefficients, template,
-                                  training_pairs)
+from alignrepro.peft_grid import (BENCHMARKS, DEFAULTS, MODELS, PAPER_MODELS, PEFT_GRID, checkpoint_steps, claims_table,
+                                  design_cells, grid_plan, resolve_plan, score_table, training_pairs)
+from alignrepro.study import ModelSpec
 from alignrepro.world import ToyWorld
 
 TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
@@ -44,7 +42,7 @@ def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0) -> 
 
 
 def test_claims_follow_the_scores():
-    params = chapter_parameters()
+    params = PEFT_GRID.parameters()
     cells = design_cells(params)
     reproduced = claims_table(score_table(_synthetic_results(cells)), params)
     assert list(reproduced.claim_id) == [str(i) for i in range(1, 9)]
@@ -55,7 +53,7 @@ def test_claims_follow_the_scores():
 
 
 def test_claims_measured_change_with_seeds():
-    params = chapter_parameters()
+    params = PEFT_GRID.parameters()
     cells = design_cells(params)
     first = claims_table(score_table(_synthetic_results(cells, seed=0)), params)
     second = claims_table(score_table(_synthetic_results(cells, seed=1)), params)
@@ -63,7 +61,7 @@ def test_claims_measured_change_with_seeds():
 
 
 def test_design_has_every_axis_and_three_seeds_per_comparison():
-    params = chapter_parameters()
+    params = PEFT_GRID.parameters()
     plan = pd.DataFrame(design_cells(params))
     for axis, name in [("model", "models"), ("data", "datasets"), ("preference", "preferences"), ("method", "methods"),
                        ("peft", "pefts"), ("rank", "ranks"), ("merge", "merges")]:
@@ -71,7 +69,7 @@ def test_design_has_every_axis_and_three_seeds_per_comparison():
     side = plan[(plan["data"] == "hh-rlhf") | (plan.peft == "lora")]
     assert side.groupby(["model", "method", "data", "peft"]).seed.nunique().min() >= 3
     assert not plan.duplicated(subset=[c for c in plan.columns if c != "checkpoints"]).any()
-    full = design_cells(chapter_parameters(design="full", seeds=[0]))
+    full = design_cells(PEFT_GRID.parameters(design="full", seeds=[0]))
     assert len(full) > len(plan) / 3
 
 
@@ -86,32 +84,13 @@ def test_bad_parameters_fail_naming_them():
 
 
 def test_paper_scale_resolves_to_hub_models_and_presets():
-    paper = resolve_setup("paper")
-    assert [paper["models"][m]["name"] for m in MODELS] == [PAPER_MODELS[m] for m in MODELS]
+    paper = resolve_plan("paper")
+    assert [ModelSpec(**paper["models"][m]["spec"]).name for m in MODELS] == [PAPER_MODELS[m] for m in MODELS]
     assert paper["recipes"]["sft"]["preset"] == "thakkar_sft" and paper["ranks"]["dpo"] == [8, 16, 32]
     cells, _ = grid_plan(scale="paper", seeds=[0])
     assert {c["model"] for c in cells} == set(MODELS)
     with pytest.raises(FileNotFoundError):  # offline: the hub datasets are named, not silently replaced
         training_pairs(paper, ToyWorld(), "hh-rlhf", "harmless", 4, "llama-base")
-
-
-def test_data_sources_differ_in_noise_and_turns():
-    world = ToyWorld()
-    hh = preference_data(world, "hh-rlhf", "harmless", 20, "llama-base")
-    bt = preference_data(world, "beavertails", "harmless", 20, "llama-base")
-    harmful = lambda pairs: np.mean([world.safety_label(c) == "harmful" for c in pairs["chosen"]])
-    assert harmful(hh) == 0.25 and harmful(bt) == 0.05
-    assert all(p.startswith(template("", "llama-base").strip()) for p in hh["prompt"])
-
-
-def test_slerp_and_paired_difference():
-    a, b = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 3.0])
-    p, q = slerp_coefficients(a, b)
-    mid = p * a + q * b
-    assert torch.allclose(mid.norm(), torch.tensor(3.0)) and torch.allclose(mid[0], mid[1])
-    assert slerp_coefficients(a, 2 * a) == (0.5, 0.5)  # parallel: linear
-    frame = pd.DataFrame(dict(unit=[0, 0, 1], method=["dpo", "sft", "dpo"], overall=[1.0, 0.25, 0.5]))
-    assert paired_difference(frame, ["unit"], "method", "dpo", "sft").tolist() == [0.75]
 
 
 def test_grid_runs_once_then_reuses(tmp_path, monkeypatch):
@@ -178,38 +157,6 @@ def test_command_line_checks_parameters_before_running():
     from alignrepro.cli import main
     with pytest.raises(ParameterError, match="design"):
         main(["grid", "peft", "-p", "design", "half", "-p", "seeds", "[0, 1]"])
-
-
-def test_merges_make_a_new_active_adapter_from_two_or_four():
-    from peft import LoraConfig, get_peft_model
-    from alignrepro.models import toy_model
-    from alignrepro.peft_grid import merge_adapters
-
-    def four_adapters():
-        torch.manual_seed(0)
-        config = LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        model = get_peft_model(toy_model("xxs", 40), config, adapter_name="a")
-        for name in "bcd":
-            model.add_adapter(name, config)
-        return model
-
-    def weights(model, adapter):
-        return torch.cat([m.lora_B[adapter].weight.flatten() for m in model.modules() if adapter in getattr(m, "lora_B", {})])
-
-    model = four_adapters()
-    assert merge_adapters(model, "dare_all", "abcd", seed=3) == "dare_all" and model.active_adapter == "dare_all"
-    merged = weights(model, "dare_all")
-    assert merged.abs().sum() > 0 and not any(torch.equal(merged, weights(model, n)) for n in "abcd")
-    again = four_adapters()
-    merge_adapters(again, "dare_all", "abcd", seed=3)
-    assert torch.equal(weights(again, "dare_all"), merged)  # DARE's random drop is seeded
-    assert merge_adapters(model, "slerp", "ab") == "slerp" and model.active_adapter == "slerp"
-    for module in [m for m in model.modules() if "slerp" in getattr(m, "lora_A", {})]:  # each layer's deltas, exactly
-        a, b = module.get_delta_weight("a"), module.get_delta_weight("b")
-        p, q = slerp_coefficients(a, b)
-        assert torch.allclose(module.get_delta_weight("slerp"), p * a + q * b, atol=1e-6)
-    with pytest.raises(ValueError, match="needs 4 adapters"):
-        merge_adapters(model, "dare_all", "ab")
 
 
 def test_all_four_merge_cell_trains_both_datasets_adapters(tmp_path):
