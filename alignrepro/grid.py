@@ -32,20 +32,27 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
 
 # %% ../nbs/02d_grid.ipynb #d9320a96
 def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame]) -> int:
-    "Run one cell into the store at `root` (what a submitit job executes); returns its row count."
-    store = RunStore(root)
-    return len(store.get_or_run(cell, lambda: fn(cell, store)))
+    "Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows."
+    store, threads = RunStore(root), torch.get_num_threads()
+    torch.set_num_threads(cell["torch_threads"])
+    try:
+        plain = {k: v for k, v in cell.items() if k != "torch_threads"}
+        return len(store.get_or_run(cell, lambda: fn(plain, store)))
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _one_thread() -> None:
-    "A pool worker's set-up: one torch thread, so that the workers share the cores instead of fighting over them."
-    torch.set_num_threads(1)
+def _cell_threads(executor: str, slurm: dict | None) -> int:
+    "The torch threads a cell computes with: this process's count here, one in a pool worker, a Slurm task's CPUs."
+    if executor == "local":
+        return torch.get_num_threads()
+    return 1 if executor == "pool" else int((slurm or {}).get("cpus_per_task", 1))
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     "Worker processes, forked where the platform can (cells defined in a notebook then run as they are)."
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
@@ -85,6 +92,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         raise ValueError(f"executor: got {executor!r}; allowed: 'local', 'pool', 'submitit', 'submitit-local'")
     max_parallel = max_parallel or (os.cpu_count() or 1 if executor == "pool" else 1)
     store = store or RunStore()
+    cells = [dict(cell, torch_threads=_cell_threads(executor, slurm)) for cell in cells]  # the count is in the key
     pending = [cell for cell in cells if not store.has(cell)]
     log(f"grid: {len(cells) - len(pending)} of {len(cells)} cells already done, {len(pending)} to run")
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="grid cells", unit="cell")
@@ -94,7 +102,8 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         bar.update(1)
         done = bar.n - bar.initial
         log(f"cell done in {(time.time() - start) / done:.1f}s/cell avg, {len(pending) - done} left: "
-            + ", ".join(f"{k}={v}" for k, v in cell.items() if k != "study"))
+            + ", ".join(f"{k}={v}" for k, v in cell.items()  # scalars only: a cell's plan is long
+                        if k not in ("study", "torch_threads") and not isinstance(v, (dict, list))))
 
     if executor == "local":
         for cell in pending:
@@ -120,7 +129,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
                     running.append((cell, pool.submit(_run_cell, str(store.root), cell, fn)))
                 _wait_any(running, finished)
     bar.close()
-    return collect(cells, store)
+    return collect(cells, store).drop(columns="torch_threads", errors="ignore")
 
 
 def collect(cells: list[dict],  # the grid's cells

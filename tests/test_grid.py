@@ -64,7 +64,8 @@ def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
         return pd.DataFrame({"value": [cell["x"] ** 3], "pid": [os.getpid()]})
 
     cells = grid_cells({"study": "sub"}, {"x": [1, 2, 3]})
-    store.get_or_run(cells[0], lambda: pd.DataFrame({"value": [1], "pid": [os.getpid()]}))
+    done = dict(cells[0], torch_threads=1)  # as a submitit job computes it: one thread, which is part of the key
+    store.get_or_run(done, lambda: pd.DataFrame({"value": [1], "pid": [os.getpid()]}))
     table = run_grid(cells, cube, store, executor="submitit-local", max_parallel=2, log=lambda line: None)
     assert table.value.tolist() == [1, 8, 27]
     assert table.pid.iloc[0] == os.getpid() and os.getpid() not in table.pid.iloc[1:].tolist()

@@ -1,17 +1,21 @@
 """Tests of alignrepro.honesty: metrics, knowledge rule and training targets on hand-made cases, the chapter via papermill."""
+import ast
 import json
+from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 
 from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.data import answer_matches, fact_questions
+from alignrepro.study import ModelSpec
 from alignrepro.world import IDK_REPLY, ToyWorld, WorldConfig
-from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table, confidence_prefix, expected_accuracy, honesty_scores,
-                                is_idk, known_questions, knowledge_vs_truth, real_question_table, resolve_setup,
-                                response_label, run_study, score_table, stated_confidence, toy_judge,
-                                toy_question_table, training_set)
+from alignrepro.honesty import (DEFAULTS, EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
+                                confidence_prefix, expected_accuracy, honesty_scores, is_idk, known_questions,
+                                knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
+                                score_table, stated_confidence, toy_judge, toy_question_table, training_set)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -152,17 +156,29 @@ def test_real_questions_have_made_up_entities_nobody_can_answer():
     assert puqa.question.is_unique and (table[table.split == "ood"].family == "element_number").all()
 
 
-def test_resolve_setup_covers_three_scales_and_rejects_bad_values():
-    toy, small, paper = (resolve_setup(s) for s in ("toy", "small", "paper"))
+def test_resolve_plan_covers_three_scales_and_rejects_bad_values():
+    toy, small, paper = (resolve_plan(s) for s in ("toy", "small", "paper"))
     assert toy["style"] == "toy" and set(toy["ood_families"]).isdisjoint(toy["train_families"])
-    assert small["model"] == "smollm2" and small["subset"] and small["top_k"] > 0
-    assert paper["model"] == "meta-llama/Llama-2-13b-chat-hf" and paper["data"] == "mandarjoshi/trivia_qa"
+    assert ModelSpec(**toy["model"]).label() == "s" and toy["methods"] == list(METHODS)
+    assert ModelSpec(**small["model"]).kind == "smollm2" and small["subset"] and small["top_k"] > 0
+    assert ModelSpec(**paper["model"]).name == "meta-llama/Llama-2-13b-chat-hf" and paper["data"] == "mandarjoshi/trivia_qa"
     assert paper["preset"] == "thakkar_sft" and paper["m"] == 10 and paper["tau"] == 0.1
     json.dumps(paper)  # a run-store key
     with pytest.raises(ParameterError, match="scale"):
-        resolve_setup("huge")
+        resolve_plan("huge")
     with pytest.raises(ParameterError, match="train_families"):
-        resolve_setup("toy", train_families=["capital"])
+        resolve_plan("toy", train_families=["capital"])
+    with pytest.raises(ParameterError, match="methods"):
+        resolve_plan("toy", methods=["prompt"])
+
+
+def test_notebook_parameters_are_the_library_defaults():
+    "The chapter's parameters cell and `DEFAULTS` (what `HONESTY.parameters` lays given values over) say the same."
+    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "06_honesty.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    body = ast.parse(cell.source).body
+    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
+    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS
 
 
 # --- scores and claims -------------------------------------------------------------------------------------------
@@ -218,7 +234,7 @@ def test_chapter_runs_with_tiny_parameters(run_chapter):
     assert list(table.index[:3]) == ["unaligned", "fine_tuned", "prompt"]
     assert table.loc["unaligned", "honesty (ours)"] == "50.0 ± 0.0"  # by construction
     runs = RunStore().query("honesty")
-    assert runs.run_id.nunique() == 2 * (1 + 1 + len(METHODS))  # per seed: knowledge, prompt, five methods
+    assert runs.run_id.nunique() == 2 * (1 + 1 + 1 + len(METHODS))  # per seed: replicate, knowledge, prompt, 5 methods
     # different seeds draw different training questions and different samples
     knowledge = runs[runs.stage == "knowledge"]
     train = [set(knowledge[(knowledge.seed == s) & (knowledge.split == "train")].question) for s in (0, 1)]
@@ -237,8 +253,8 @@ def test_bad_parameter_stops_the_chapter_first(run_chapter):
 
 @pytest.mark.slow
 def test_small_scale_path_runs_end_to_end(tmp_path):
-    plan = resolve_setup("small", subset=2, steps=1, m=2, batch_size=2)
-    knowledge, responses = run_study(plan, [0], ["absolute"], store=RunStore(tmp_path))
+    plan = resolve_plan("small", subset=2, steps=1, m=2, batch_size=2, methods=["absolute"])
+    knowledge, responses = run_study(plan, [0], store=RunStore(tmp_path))
     assert set(knowledge.split) == {"train", "in_domain", "ood", "puqa"} and len(knowledge) == 8
     assert set(responses.method) == {"prompt", "absolute"} and set(responses.label) <= {"correct", "wrong", "idk"}
     scores = score_table(knowledge, responses)

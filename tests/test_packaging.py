@@ -37,3 +37,9 @@ def test_torch_is_a_range_not_a_pin(requirements):
     torch = next(r for r in requirements if r.name == "torch")
     assert all(spec.operator not in ("==", "===") for spec in torch.specifier), torch
     assert torch.specifier.contains("2.13.0") and not torch.specifier.contains("1.13.0")
+
+
+def test_quarto_is_an_optional_book_extra(requirements):
+    book = {r.name.lower() for r in requirements if r.marker is not None and "book" in str(r.marker)}
+    runtime = {r.name.lower() for r in requirements if r.marker is None}
+    assert book == {"quarto-cli"} and "quarto-cli" not in runtime
