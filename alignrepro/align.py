@@ -30,8 +30,8 @@ from .core import ParameterError, seed_everything
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['PRESETS', 'PeftMethod', 'LoraSpec', 'sft_config', 'dpo_config', 'Preset', 'preset', 'quantize_4bit', 'sft_trainer',
-           'training_log', 'sft', 'dpo_trainer', 'dpo']
+__all__ = ['PRESETS', 'PeftMethod', 'LoraSpec', 'sft_config', 'dpo_config', 'Preset', 'preset', 'quantize_4bit',
+           'strip_fused_forward', 'sft_trainer', 'training_log', 'sft', 'dpo_trainer', 'dpo']
 
 # %% ../nbs/02a_align.ipynb #9d80300c
 @dataclass
@@ -209,14 +209,26 @@ def _space_completions(dataset: Dataset, tokenizer: PreTrainedTokenizerBase,
         return {c: " " + row[c] if at_boundary and not row[c][:1].isspace() else row[c] for c in columns}
     return dataset.map(add_space)
 
-def _strip_fused_forward(model: torch.nn.Module) -> torch.nn.Module:
+def _wraps_fused_forward(forward) -> bool:
+    "Whether a patched `forward` is trl's fused-LM-head forward, or a wrapper around one (accelerate's mixed precision)."
+    for _ in range(8):  # bound method -> function -> __wrapped__ -> ...: a short chain
+        if getattr(getattr(forward, "__code__", None), "co_name", "") == "_fused_forward":
+            return True
+        forward = getattr(forward, "__func__", None) or getattr(forward, "__wrapped__", None)
+        if forward is None:
+            return False
+    return False
+
+def strip_fused_forward(model: torch.nn.Module  # a model trl trained (or is training), changed in place
+                       ) -> torch.nn.Module:
     """Remove trl's fused-LM-head forward patches (instance attributes), restoring each module's own forward.
 
-    trl patches `model.forward` with a closure over the original bound forward; a `copy.deepcopy` of a patched
-    model keeps calling the *original* model's forward, so copies would silently score the wrong weights."""
+    trl patches `model.forward` with a closure over the original bound forward (accelerate may wrap it again for
+    mixed precision); a `copy.deepcopy` of a patched model keeps calling the *original* model's forward, so
+    copies would silently score the wrong weights."""
     for module in model.modules():
         patched = vars(module).get("forward")
-        if patched is not None and getattr(getattr(patched, "__code__", None), "co_name", "") == "_fused_forward":
+        if patched is not None and _wraps_fused_forward(patched):
             del module.forward
     return model
 
@@ -230,15 +242,15 @@ def _prepare_model(model: PreTrainedModel, peft: str, config: SFTConfig | DPOCon
             raise ParameterError(f"peft: got {peft!r} for a model with an adapter on a 4-bit base; "
                                  "pass peft='none' to keep training its adapter")
         _logger.warning("merging the model's adapter into its weights before training a new one")
-        model, inplace = _strip_fused_forward(model if inplace else copy.deepcopy(model)).merge_and_unload(), True
+        model, inplace = strip_fused_forward(model if inplace else copy.deepcopy(model)).merge_and_unload(), True
     if peft == "qlora":
         if _is_4bit(model):
             model = model if inplace else copy.deepcopy(model)
         else:
             model = quantize_4bit(model, compute_dtype=torch.bfloat16 if config.bf16 else torch.float32)
-        model = _keep_4bit_trainable(_strip_fused_forward(model))
+        model = _keep_4bit_trainable(strip_fused_forward(model))
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.activation_checkpointing)
-    return _strip_fused_forward(model if inplace else copy.deepcopy(model))
+    return strip_fused_forward(model if inplace else copy.deepcopy(model))
 
 def _lora_spec(base: LoraSpec, rank: int | None, alpha: float | None, dropout: float | None,
                target_modules: list[str] | str | None) -> LoraSpec:
@@ -300,7 +312,7 @@ def training_log(trainer: SFTTrainer | DPOTrainer) -> pd.DataFrame:
 
 def _train(trainer: SFTTrainer | DPOTrainer) -> tuple[PreTrainedModel, pd.DataFrame]:
     trainer.train()
-    model = _strip_fused_forward(trainer.model).eval()
+    model = strip_fused_forward(trainer.model).eval()
     return model, training_log(trainer)
 
 def sft(model: PreTrainedModel,  # a causal language model (left unchanged unless `inplace`)
@@ -339,7 +351,7 @@ def dpo_trainer(model: PreTrainedModel,  # a causal language model (left unchang
     seed_everything(run_config.seed)
     train_model = _prepare_model(model, peft, run_config, inplace)
     if ref_model is None and peft == "none" and not isinstance(model, PeftModel):
-        ref_model = _strip_fused_forward(copy.deepcopy(model)).eval()
+        ref_model = strip_fused_forward(copy.deepcopy(model)).eval()
     spec = _lora_spec(recipe.lora, rank, alpha, dropout, target_modules)
     dataset = _space_completions(dataset, tokenizer, ("chosen", "rejected"))
     with _quiet_dataset_maps():

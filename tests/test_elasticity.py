@@ -1,23 +1,32 @@
 """Tests of alignrepro.elasticity: the curve measures on hand-made curves, the verdicts on made-up runs whose answer
-is known, parameter resolution at every scale, the fine-tuning loop, and the chapter through papermill."""
+is known, parameters and plan at every scale, the toy specs' pre-training keys, and the chapter through papermill."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from alignrepro.core import CLAIM_COLUMNS, VERDICTS, ParameterError
-from alignrepro.elasticity import (check_params, crossing_point, curve_summary, elasticity_claims, finetune, fit_knee,
-                                   initial_slope, logit, resistance_gaps, resolve_setup)
+from alignrepro.elasticity import (DEFAULTS, ELASTICITY, crossing_point, curve_summary, elasticity_claims, fit_knee,
+                                   initial_slope, logit, resistance_gaps, resolve_plan)
 
 TINY = dict(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fractions=[0.5, 1.0], n_pos=[4, 8],
             n_neg=[0, 4, 8, 12, 16], resist_n=8, resist_prompts=4, n_eval=4, theory_points=3)
 
 
 def _params(**changes):
-    base = dict(scale="toy", seeds=[0, 1, 2], out_dir="_out/x", sizes=None, main_size="xs", model_name=None,
-                pretrain_tokens=16000, pretrain_per_seed=False, token_fractions=[0.25, 0.5, 1.0], pos_share=0.7, control_pos_share=0.3,
-                review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8, kl_threshold=0.05,
-                resist_n=96, resist_prompts=48, n_eval=32, theory_points=4)
-    return {**base, **changes}
+    return ELASTICITY.parameters(**{"out_dir": "_out/x", **changes})
+
+
+def test_notebook_parameters_are_the_library_defaults():
+    "The chapter's parameters cell and `DEFAULTS` (what `ELASTICITY.parameters` lays the given values over) say the same."
+    import ast
+    import nbformat
+    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "03_elasticity.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    body = ast.parse(cell.source).body
+    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
+    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS
 
 
 def test_crossing_point_interpolates_and_reports_never():
@@ -94,16 +103,31 @@ def test_matched_crossing_discounts_a_higher_post_alignment_score():
     assert claims.loc["size_faster_matched", "verdict"] == "reproduced"
 
 
-def test_resolve_setup_at_every_scale():
-    toy = resolve_setup(check_params(_params()))
+def test_resolve_plan_at_every_scale():
+    toy = resolve_plan(_params())
     assert len(toy["models"]["size"]) >= 4 and toy["models"]["never"]["fraction"] == 0.0 and toy["lr"] == 5e-4
     assert [s["fraction"] for s in toy["models"]["tokens"]] == [0.25, 0.5, 1.0]
-    small = resolve_setup(check_params(_params(scale="small")))
-    assert small["peft"] == "lora" and small["models"]["main"]["name"] == "smollm2" and small["models"]["never"] is None
-    paper = resolve_setup(check_params(_params(scale="paper")))
+    small = resolve_plan(_params(scale="small"))
+    assert small["peft"] == "lora" and small["models"]["main"]["kind"] == "smollm2" and small["models"]["never"] is None
+    paper = resolve_plan(_params(scale="paper"))
     assert paper["lr"] == 1e-5 and paper["preset"] == "ji_elasticity" and paper["n_pos"] == [1000, 2000, 5000, 10000]
     assert paper["models"]["main"]["name"] == "meta-llama/Llama-2-7b-hf" and len(paper["models"]["tokens"]) == 3
-    assert resolve_setup(check_params(_params(scale="paper", model_name="google/gemma-2b")))["models"]["main"]["name"] == "google/gemma-2b"
+    assert resolve_plan(_params(scale="paper", model_name="google/gemma-2b"))["models"]["main"]["name"] == "google/gemma-2b"
+
+
+def test_toy_specs_load_the_models_pretrained_before_the_study_stage(tmp_path, monkeypatch):
+    "A plan's toy spec keys the very artefact the chapter's old `pretrain(...)` call built: no retraining, same numbers."
+    import alignrepro.models as models
+    from alignrepro.core import RunStore
+    from alignrepro.study import pretrained, ModelSpec
+    from alignrepro.world import WorldConfig
+    store = RunStore(tmp_path)
+    rest = np.array(WorldConfig().behaviour_mix[1:])
+    world = WorldConfig(sentiment_pos_share=0.3, behaviour_mix=(0.6, *(rest / rest.sum() * 0.4).tolist()))
+    before = models.pretrain(world, "xxs", 1000, seed=0, checkpoints=(0.0, 0.5, 1.0), store=store, batch_size=16, lr=3e-3)
+    monkeypatch.setattr(models, "train_loop", lambda *args, **kwargs: pytest.fail("retrained a cached model"))
+    plan = resolve_plan(_params(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=1000, token_fractions=[0.5, 1.0]))
+    assert pretrained(ModelSpec(**plan["models"]["control_share"]).for_seed(4), store).root == before.root
 
 
 @pytest.mark.parametrize("changes, name", [(dict(main_size="l", sizes=["xs", "s"]), "main_size"),
@@ -112,20 +136,7 @@ def test_resolve_setup_at_every_scale():
                                            (dict(scale="huge"), "scale")])
 def test_bad_parameters_name_themselves(changes, name):
     with pytest.raises(ParameterError, match=name):
-        check_params(_params(**changes))
-
-
-def test_finetune_learns_and_scores_at_exact_counts():
-    from alignrepro.models import toy_model, toy_tokenizer
-    from alignrepro.world import ToyWorld
-    world = ToyWorld()
-    tokenizer = toy_tokenizer(world.vocab)
-    model = toy_model("xxs", len(tokenizer), seed=0)
-    data = world.sentiment_dataset(24, "pos", seed=0)
-    log, scores = finetune(model, tokenizer, data, lr=3e-3, batch_size=8, epochs=3, seed=0, score_at=[0, 5, 24],
-                           on_score=lambda m: dict(weight=float(next(m.parameters()).detach().sum())))
-    assert list(scores.examples) == [0, 5, 24] and scores.weight.nunique() == 3
-    assert log.loss.iloc[-3:].mean() < log.loss.iloc[:3].mean()
+        _params(**changes)
 
 
 def test_chapter_runs_and_seeds_change_numbers(run_chapter):
@@ -150,10 +161,11 @@ def test_bad_parameter_stops_the_chapter(run_chapter):
 @pytest.mark.slow
 def test_small_scale_path_runs():
     "SmolLM2-135M-Instruct with LoRA: one short rebound run through the same code path, scored by the same probe."
-    from alignrepro.elasticity import load_spec, rebound_run, sentiment_data
-    plan = resolve_setup(check_params(_params(scale="small", n_pos=[4, 8], n_neg=[0, 2, 4, 6, 8], n_eval=4)))
-    model, tokenizer, n_params, _ = load_spec(plan["models"]["main"], seed=0)
-    data = sentiment_data(plan, plan["models"]["main"], n_eval=4)
-    curve = rebound_run(model, tokenizer, data, 4, plan["n_neg"], plan["lr"], 0, 2, 1, plan["peft"])
-    assert n_params > 1e8 and list(curve.n_neg) == plan["n_neg"]
+    from alignrepro.elasticity import rebound_run, sentiment_data
+    from alignrepro.study import ModelSpec, load
+    plan = resolve_plan(_params(scale="small", n_pos=[4, 8], n_neg=[0, 2, 4, 6, 8], n_eval=4, batch_size=2, pos_epochs=1))
+    model, tokenizer = load(ModelSpec(**plan["models"]["main"]))
+    data = sentiment_data(plan, plan["models"]["main"])
+    curve = rebound_run(model, tokenizer, data, 4, plan, seed=0)
+    assert model.num_parameters() > 1e8 and list(curve.n_neg) == plan["n_neg"]
     assert curve.share.between(0, 1).all() and curve.kl.iloc[-1] > 0 and curve.share.nunique() > 1

@@ -7,7 +7,7 @@ from scipy import stats
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignrepro.core import CLAIM_COLUMNS
-from alignrepro.evaluate import (bootstrap_ci, claim_row, compare_fits, completion_logprobs, fit_polynomial,
+from alignrepro.evaluate import (bootstrap_ci, claim_row, compare_forms, completion_logprobs, fit_polynomial, fit_saturating,
                                  kl_divergence, next_token_probs, paired_test, sample, sign_verdict,
                                  spearman_by_group, vader_sentiment, verdict, verdict_from_values)
 from alignrepro.models import toy_model, toy_tokenizer
@@ -70,6 +70,20 @@ def test_logprobs_match_manual_sum(model, tokenizer):
     assert got == pytest.approx(manual, abs=1e-5)
     assert completion_logprobs(model, tokenizer, [prompt], [completion], reduction="mean")[0] == \
         pytest.approx(manual / 2, abs=1e-5)
+
+
+def test_logprobs_details_greedy_and_shared_inputs(model, tokenizer):
+    "One-token completions of one prompt share a forward pass; `greedy` says whether greedy decoding gives each."
+    with torch.no_grad():
+        top = tokenizer.convert_ids_to_tokens(int(model(**tokenizer(PROMPTS[0], return_tensors="pt")).logits[0, -1].argmax()))
+    others = [w for w in ("good", "bad", "great") if w != top][:2]
+    completions = [top, *others, f"{top} .", "good . and"]
+    scored = completion_logprobs(model, tokenizer, [PROMPTS[0]] * 5, completions, batch_size=2, details=True)
+    assert scored.n_tokens.tolist() == [1, 1, 1, 2, 3] and scored.greedy.tolist()[:3] == [True, False, False]
+    single = [completion_logprobs(model, tokenizer, [PROMPTS[0]], [c])[0] for c in completions]
+    np.testing.assert_allclose(scored.logprob, single, atol=1e-5)
+    np.testing.assert_array_equal(completion_logprobs(model, tokenizer, [PROMPTS[0]] * 5, completions, batch_size=2),
+                                  scored.logprob)
 
 
 def test_logprobs_reject_bad_reduction(model, tokenizer):
@@ -184,10 +198,25 @@ def test_fit_polynomial_recovers_shape():
     fit = fit_polynomial(x, y, 2)
     np.testing.assert_allclose(fit["coef"], [1, 2, -3], atol=0.05)
     assert fit["r2"] > 0.99 and fit["powers"] == [0, 1, 2]
-    table = compare_fits(x, y, {"linear": 1, "quadratic": 2, "pure": (0, 2)})
+    table = compare_forms(x, y, {"linear": 1, "quadratic": 2, "pure": (0, 2)})
     assert table["delta_aic"].idxmin() == "quadratic" and table.loc["linear", "r2"] < 0.9
     exact = fit_polynomial([0, 1, 2, 3], [1, 3, 5, 7], 1)
     assert exact["loo_mse"] == pytest.approx(0, abs=1e-20) and exact["r2"] == pytest.approx(1)
+
+
+def test_forms_recognise_known_shapes():
+    x = np.linspace(-2, 2, 25)
+    noise = np.random.default_rng(3).normal(0, 0.003, x.size)
+    saturating = fit_saturating(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise)
+    assert np.allclose(saturating["coef"], [0.4, 0.25, 1.2, -0.5], atol=0.05) and saturating["r2"] > 0.99
+    assert compare_forms(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise).delta_aic.idxmin() == "saturating"
+    assert compare_forms(x, 0.3 - 0.04 * x ** 2 + noise).delta_aic.idxmin() == "quadratic"
+    linear = compare_forms(x, 0.5 + 0.05 * x + noise)
+    assert linear.loc["linear", "delta_aic"] < 2.5 and linear.loc["linear", "r2"] > 0.99
+    with pytest.raises(ValueError):
+        fit_saturating(x[:5], x[:5])
+    assert list(compare_forms(x[:5], x[:5] ** 2).index) == ["linear", "quadratic"]  # too few points for a sigmoid
+    assert list(compare_forms(x[:4], x[:4] ** 2, {"pure": (0, 2), "cubic": 3}).index) == ["pure"]
 
 
 def test_verdict_three_outcomes():

@@ -109,7 +109,7 @@ def test_pretrained_model_beats_unigram_on_heldout_text(toy, world, tokenizer):
 def test_pretrain_is_cached(toy, store, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("pretrain retrained a cached model")
-    monkeypatch.setattr(models, "_train", no_training)
+    monkeypatch.setattr(models, "train_loop", no_training)
     started = time.perf_counter()
     again = pretrain(WORLD, "xs", 60_000, seed=0, checkpoints=(1.0, 0.5, 0.0), store=store)
     assert time.perf_counter() - started < 5

@@ -5,13 +5,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alignrepro.core import ParameterError, VERDICTS
-from alignrepro.evaluate import completion_logprobs
-from alignrepro.models import toy_tokenizer
-from alignrepro.repe import (alignment_scores, claims_table, compare_forms, completion_scores, decoder_layers,
-                             direction, fit_saturating, layer_indices, norm_sweep, read_activations, resolve_setup,
-                             seed_statistics, steer, steering_vectors)
-from alignrepro.world import ToyWorld
+from alignrepro.core import ParameterError, RunStore, VERDICTS
+from alignrepro.models import pretrain, toy_tokenizer
+from alignrepro.repe import (DEFAULTS, REPE, alignment_scores, claims_table, decoder_layers, direction, layer_indices,
+                             norm_sweep, read_activations, resolve_plan, seed_statistics, steer, steering_vectors)
+from alignrepro.study import ModelSpec, pretrained
+from alignrepro.world import ToyWorld, WorldConfig
 
 PROMPT = "<user> how is the lamp ? <assistant> the lamp is"
 
@@ -116,17 +115,6 @@ def test_direction_recovers_a_planted_axis():
         direction(base, base, "median")
 
 
-def test_completion_scores_agree_with_evaluate(tiny):
-    model, tokenizer = tiny
-    prompts, completions = [PROMPT, PROMPT, "<user> how is the mug ?"], ["good", "good . i love it", "<assistant> the mug"]
-    ours = completion_scores(model, tokenizer, prompts, completions, batch_size=2)
-    theirs = completion_logprobs(model, tokenizer, prompts, [" " + c for c in completions])
-    assert np.allclose(ours.logprob, theirs, atol=1e-4) and ours.n_tokens.tolist() == [1, 5, 3]
-    with torch.no_grad():
-        top = tokenizer.convert_ids_to_tokens(int(_logits(model, tokenizer, [PROMPT])[0, -1].argmax()))
-    assert completion_scores(model, tokenizer, [PROMPT], [top]).greedy[0]
-
-
 def test_norm_sweep_rows_and_reference(tiny):
     model, tokenizer = tiny
     units, scales = steering_vectors(model, tokenizer, pd.DataFrame(dict(
@@ -140,20 +128,6 @@ def test_norm_sweep_rows_and_reference(tiny):
     assert len(set(sweep.alignment.round(8))) == 3  # steering changed the behaviour
     with pytest.raises(ValueError, match="norms"):
         norm_sweep(model, tokenizer, units, scales, [1.0, -1.0], behaviour, questions, ["the sun is warm today ."])
-
-
-def test_fits_recognise_known_forms():
-    x = np.linspace(-2, 2, 25)
-    noise = np.random.default_rng(3).normal(0, 0.003, x.size)
-    saturating = fit_saturating(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise)
-    assert np.allclose(saturating["coef"], [0.4, 0.25, 1.2, -0.5], atol=0.05) and saturating["r2"] > 0.99
-    assert compare_forms(x, 0.4 + 0.25 * np.tanh(1.2 * (x + 0.5)) + noise).delta_aic.idxmin() == "saturating"
-    assert compare_forms(x, 0.3 - 0.04 * x ** 2 + noise).delta_aic.idxmin() == "quadratic"
-    linear = compare_forms(x, 0.5 + 0.05 * x + noise)
-    assert linear.loc["linear", "delta_aic"] < 2.5 and linear.loc["linear", "r2"] > 0.99
-    with pytest.raises(ValueError):
-        fit_saturating(x[:5], x[:5])
-    assert list(compare_forms(x[:5], x[:5] ** 2).index) == ["linear", "quadratic"]  # too few points for a sigmoid
 
 
 def _synthetic_sweeps(slope: float, curvature: float, seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -179,16 +153,40 @@ def test_statistics_and_verdicts_follow_the_data():
     assert opposite.verdict["helpfulness_decreases_toy"] == "not reproduced"
 
 
-def test_resolve_setup_for_every_scale():
-    toy = resolve_setup("toy", [0.0], [-1, 0, 1], 4, 4, 4, 2, toy_size="xs", toy_tokens=1000)
-    assert toy["model"]["kind"] == "toy" and toy["behaviour"] == "world:sentiment" and toy["norms"] == [-1.0, 0.0, 1.0]
-    small = resolve_setup("small", [0.2, 0.3], [0, 1], 4, 4, 4, 2, model="smollm2")
-    assert small["model"] == {"kind": "smollm2"} and small["questions"] == "facts:capital"
-    paper = resolve_setup("paper", [0.25], [0, 1], 64, 64, 64, 16, model="mistralai/Mistral-7B-Instruct-v0.2")
-    assert paper["model"] == {"kind": "hub", "name": "mistralai/Mistral-7B-Instruct-v0.2"}
+def test_resolve_plan_for_every_scale():
+    toy = resolve_plan(REPE.parameters(toy_size="xs", toy_tokens=1000, norms=[1, -1, 0, 0.5, -0.5], small_norm=1))
+    assert ModelSpec(**toy["model"]) == ModelSpec(size="xs", n_tokens=1000, seed=0)
+    assert toy["behaviour"] == "world:sentiment" and toy["norms"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    small = resolve_plan(REPE.parameters(small_n=4), "small")
+    assert small["model"]["kind"] == "smollm2" and small["questions"] == "facts:capital" and small["n_neutral"] == 2
+    paper = resolve_plan(REPE.parameters(scale="paper", paper_model="mistralai/Mistral-7B-Instruct-v0.2"))
+    assert paper["model"] == ModelSpec(kind="hub", name="mistralai/Mistral-7B-Instruct-v0.2").to_dict()
     assert (paper["behaviour"], paper["questions"], paper["reduce"]) == ("hh_rlhf:harmless", "triviaqa:validation", "mean")
     with pytest.raises(ParameterError, match="scale"):
-        resolve_setup("huge", [0.0], [0, 1], 4, 4, 4, 2)
+        resolve_plan(REPE.parameters(), "huge")
+
+
+def test_toy_plan_loads_the_model_the_chapter_pre_trained_before(tmp_path):
+    "The plan's spec hits the cached pre-training of the former `pretrain(WorldConfig(seed=0), size, n_tokens, seed)`."
+    store = RunStore(tmp_path)
+    for fixed, seed in ((0, 3), (None, 2)):
+        plan = resolve_plan(REPE.parameters(toy_size="xxs", toy_tokens=1000, toy_model_seed=fixed))
+        former = pretrain(WorldConfig(seed=WorldConfig().seed), "xxs", 1000, seed=seed if fixed is None else fixed,
+                          store=store)
+        assert pretrained(ModelSpec(**plan["model"]).for_seed(seed), store).root == former.root
+
+
+def test_notebook_parameters_are_the_library_defaults():
+    "The chapter's parameters cell and `DEFAULTS` say the same."
+    import ast
+    from pathlib import Path
+
+    import nbformat
+    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "05_repe.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    body = [node for node in ast.parse(cell.source).body if not isinstance(node, ast.ImportFrom)]
+    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
+    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS == REPE.defaults
 
 
 TINY = dict(toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3, small_model=None,
@@ -222,9 +220,10 @@ def test_chapter_bad_parameter_fails_fast(run_chapter):
 
 @pytest.mark.slow
 def test_small_scale_smollm2_sweep():
-    from alignrepro.repe import load_for, sweep_seed
-    setup = resolve_setup("small", [0.25], [-0.5, 0.0, 0.5], 4, 4, 4, 2)
-    model, tokenizer = load_for(setup, seed=0)
-    sweep = sweep_seed(setup, 0, model, tokenizer)
+    from alignrepro.repe import sweep_seed
+    from alignrepro.study import load
+    plan = {**resolve_plan(REPE.parameters(small_layer_fractions=[0.25], small_n=4), "small"), "norms": [-0.5, 0.0, 0.5]}
+    model, tokenizer = load(ModelSpec(**plan["model"]), device="cpu")
+    sweep = sweep_seed(plan, 0, model, tokenizer)
     assert sweep.norm.tolist() == [-0.5, 0.0, 0.5] and sweep.alignment.between(0, 1).all()
     assert sweep.loss.iloc[1] < sweep.loss.iloc[[0, 2]].max()
