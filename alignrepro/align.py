@@ -252,11 +252,6 @@ def _prepare_model(model: PreTrainedModel, peft: str, config: SFTConfig | DPOCon
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.activation_checkpointing)
     return strip_fused_forward(model if inplace else copy.deepcopy(model))
 
-def _lora_spec(base: LoraSpec, rank: int | None, alpha: float | None, dropout: float | None,
-               target_modules: list[str] | str | None) -> LoraSpec:
-    given = dict(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules)
-    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-
 def _resolve(config: SFTConfig | DPOConfig | Preset | str | None, default: str) -> Preset:
     "A preset from a preset name, a `Preset`, a bare trl config (with the default adapter) or None (the default preset)."
     if config is None:
@@ -277,29 +272,31 @@ def _float32_adapters(trainer: SFTTrainer | DPOTrainer, config: SFTConfig | DPOC
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
 
+def _start(config: SFTConfig | DPOConfig | Preset | str | None, default: str, model: PreTrainedModel, peft: PeftMethod,
+           inplace: bool) -> tuple:
+    "(trl config fitted to this machine, the model to train, its adapter config or None): a run's seeded start."
+    recipe = _resolve(config, default)
+    run_config = _fit_to_machine(recipe.config)
+    seed_everything(run_config.seed)
+    return run_config, _prepare_model(model, peft, run_config, inplace), recipe.lora.lora_config() if peft != "none" else None
+
+
 def sft_trainer(model: PreTrainedModel,  # a causal language model (left unchanged unless `inplace`)
                 tokenizer: PreTrainedTokenizerBase,  # its tokenizer (trl's `processing_class`)
                 dataset: Dataset,  # trl schema: `text`, `prompt`/`completion`, or conversational `messages`
-                config: SFTConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_sft"
+                config: SFTConfig | Preset | str | None = None,  # trl's config or a preset (LoRA settings included:
+                                                                 # `preset("cpu_sft", rank=4)`); None: "cpu_sft"
                 peft: PeftMethod = "none",  # full fine-tuning, LoRA, or QLoRA (LoRA on a 4-bit nf4 base)
-                rank: int | None = None,  # LoRA rank; None: the preset's (8 for a bare config)
-                alpha: float | None = None,  # LoRA alpha; None: the preset's (= rank for a bare config)
-                dropout: float | None = None,  # LoRA dropout; None: the preset's
-                target_modules: list[str] | str | None = None,  # modules to wrap; None: the preset's
                 callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
                 inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
                ) -> SFTTrainer:
     "trl's `SFTTrainer` for one reproducible SFT run, not yet trained."
-    recipe = _resolve(config, "cpu_sft")
-    run_config = _fit_to_machine(recipe.config)
-    seed_everything(run_config.seed)
-    train_model = _prepare_model(model, peft, run_config, inplace)
-    spec = _lora_spec(recipe.lora, rank, alpha, dropout, target_modules)
+    run_config, train_model, adapter = _start(config, "cpu_sft", model, peft, inplace)
     if "prompt" in dataset.column_names and "completion" in dataset.column_names:
         dataset = _space_completions(dataset, tokenizer, ("completion",))
     with _quiet_dataset_maps():
         trainer = SFTTrainer(model=train_model, args=run_config, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=spec.lora_config() if peft != "none" else None, callbacks=callbacks)
+                             peft_config=adapter, callbacks=callbacks)
     _float32_adapters(trainer, run_config)
     return trainer
 
@@ -319,45 +316,31 @@ def sft(model: PreTrainedModel,  # a causal language model (left unchanged unles
         tokenizer: PreTrainedTokenizerBase,  # its tokenizer
         dataset: Dataset,  # trl schema: `text`, `prompt`/`completion`, or conversational `messages`
         config: SFTConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_sft"
-        peft: PeftMethod = "none",  # "none" (full fine-tuning), "lora" or "qlora"
-        rank: int | None = None,  # LoRA rank; None: the preset's (8 for a bare config)
-        alpha: float | None = None,  # LoRA alpha; None: the preset's (= rank for a bare config)
-        dropout: float | None = None,  # LoRA dropout; None: the preset's
-        target_modules: list[str] | str | None = None,  # modules to wrap; None: the preset's
-        callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
-        inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
+        **options,  # `sft_trainer`'s: peft ("none", "lora", "qlora"), callbacks, inplace
        ) -> tuple[PreTrainedModel, pd.DataFrame]:
     "Supervised fine-tuning with trl: the trained model (in eval mode) and its per-step log."
-    return _train(sft_trainer(model, tokenizer, dataset, config, peft, rank, alpha, dropout, target_modules,
-                              callbacks, inplace))
+    return _train(sft_trainer(model, tokenizer, dataset, config, **options))
+
 
 # %% ../nbs/02a_align.ipynb #9b1f5420
 def dpo_trainer(model: PreTrainedModel,  # a causal language model (left unchanged unless `inplace`)
                 tokenizer: PreTrainedTokenizerBase,  # its tokenizer (trl's `processing_class`)
                 dataset: Dataset,  # trl schema: `prompt`/`chosen`/`rejected` (plain text or conversational)
-                config: DPOConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_dpo"
+                config: DPOConfig | Preset | str | None = None,  # trl's config or a preset (LoRA settings included:
+                                                                 # `preset("cpu_dpo", rank=4)`); None: "cpu_dpo"
                 peft: PeftMethod = "none",  # full fine-tuning, LoRA, or QLoRA (LoRA on a 4-bit nf4 base)
-                rank: int | None = None,  # LoRA rank; None: the preset's (8 for a bare config)
-                alpha: float | None = None,  # LoRA alpha; None: the preset's (= rank for a bare config)
-                dropout: float | None = None,  # LoRA dropout; None: the preset's
-                target_modules: list[str] | str | None = None,  # modules to wrap; None: the preset's
                 ref_model: PreTrainedModel | None = None,  # reference policy; None: the starting model
                 callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
                 inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
                ) -> DPOTrainer:
     "trl's `DPOTrainer` for one reproducible DPO run, not yet trained."
-    recipe = _resolve(config, "cpu_dpo")
-    run_config = _fit_to_machine(recipe.config)
-    seed_everything(run_config.seed)
-    train_model = _prepare_model(model, peft, run_config, inplace)
+    run_config, train_model, adapter = _start(config, "cpu_dpo", model, peft, inplace)
     if ref_model is None and peft == "none" and not isinstance(model, PeftModel):
         ref_model = strip_fused_forward(copy.deepcopy(model)).eval()
-    spec = _lora_spec(recipe.lora, rank, alpha, dropout, target_modules)
     dataset = _space_completions(dataset, tokenizer, ("chosen", "rejected"))
     with _quiet_dataset_maps():
         trainer = DPOTrainer(model=train_model, ref_model=ref_model, args=run_config, train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=spec.lora_config() if peft != "none" else None,
-                             callbacks=callbacks)
+                             processing_class=tokenizer, peft_config=adapter, callbacks=callbacks)
     _float32_adapters(trainer, run_config)
     return trainer
 
@@ -365,15 +348,7 @@ def dpo(model: PreTrainedModel,  # a causal language model (left unchanged unles
         tokenizer: PreTrainedTokenizerBase,  # its tokenizer
         dataset: Dataset,  # trl schema: `prompt`/`chosen`/`rejected`
         config: DPOConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_dpo"
-        peft: PeftMethod = "none",  # "none" (full fine-tuning), "lora" or "qlora"
-        rank: int | None = None,  # LoRA rank; None: the preset's (8 for a bare config)
-        alpha: float | None = None,  # LoRA alpha; None: the preset's (= rank for a bare config)
-        dropout: float | None = None,  # LoRA dropout; None: the preset's
-        target_modules: list[str] | str | None = None,  # modules to wrap; None: the preset's
-        ref_model: PreTrainedModel | None = None,  # reference policy; None: the starting model
-        callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
-        inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
+        **options,  # `dpo_trainer`'s: peft ("none", "lora", "qlora"), ref_model, callbacks, inplace
        ) -> tuple[PreTrainedModel, pd.DataFrame]:
     "Direct preference optimisation with trl: the trained model (in eval mode) and its per-step log."
-    return _train(dpo_trainer(model, tokenizer, dataset, config, peft, rank, alpha, dropout, target_modules,
-                              ref_model, callbacks, inplace))
+    return _train(dpo_trainer(model, tokenizer, dataset, config, **options))

@@ -357,7 +357,6 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
                log=print,  # where progress lines go
               ) -> BookResult:
     "Execute the book's chapters with papermill into `out`, add the claims and API pages, and render."
-    import nbformat
     if not online:  # chapter kernels inherit this environment
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     project = find_project(project or ".")

@@ -9,7 +9,6 @@ import argparse
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pandas as pd
 

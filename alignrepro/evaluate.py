@@ -15,7 +15,6 @@ from itertools import product
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from scipy import stats
 from scipy.optimize import curve_fit
 from tqdm.auto import tqdm

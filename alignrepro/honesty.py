@@ -26,7 +26,7 @@ from .data import FACT_FAMILIES, answer_matches, fact_questions, normalize_answe
 from .evaluate import bootstrap_ci, claim_row, sample, verdict_from_values
 from .models import LADDER
 from .study import Chapter, ModelSpec, load, replicates
-from .world import FAMILIES, IDK_REPLY, NUMBERS, ToyWorld, WorldConfig, chat
+from .world import FAMILIES, IDK_REPLY, NUMBERS, ToyWorld, chat
 
 # %% auto #0
 __all__ = ['PAPER_IDK_REPLY', 'IDK_EXPRESSIONS', 'LABELS', 'METHODS', 'BASELINES', 'PAPER_STYLE', 'TOY_STYLE',
@@ -448,9 +448,8 @@ def train_method(model,  # the unaligned model (left unchanged)
     pairs = training_set(train, method, STYLES[plan["style"]], plan["tau"])
     config = preset(plan["preset"], max_steps=plan["steps"], learning_rate=plan["lr"], seed=seed, data_seed=seed,
                     per_device_train_batch_size=plan["batch_size"], disable_tqdm=True,
-                    logging_steps=plan["steps"])
-    return sft(model, tokenizer, Dataset.from_pandas(pairs[["prompt", "completion"]]), config, peft="lora",
-               rank=plan["lora_rank"])
+                    logging_steps=plan["steps"], rank=plan["lora_rank"])
+    return sft(model, tokenizer, Dataset.from_pandas(pairs[["prompt", "completion"]]), config, peft="lora")
 
 
 def method_responses(model,  # the unaligned model

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -443,11 +442,6 @@ def run_replicate(cell: dict,  # {study, plan, seed}, one of `replicates`' cells
     return sweep_seed(cell["plan"], cell["seed"], model, tokenizer)
 
 # %% ../nbs/05a_repe.ipynb #d0a055e0
-def _log(line: str) -> None:
-    "`run_grid`'s log line without the plan (every replicate shares it)."
-    print(re.sub(r"plan=\{.*\}, ", "", line))
-
-
 def run_study(plan: dict,  # from `resolve_plan`
               seeds: Sequence[int],  # one replicate per seed
               store: RunStore | None = None,  # the run store; default `RunStore()`
@@ -455,7 +449,7 @@ def run_study(plan: dict,  # from `resolve_plan`
               max_parallel: int = 1,  # replicates running at once
              ) -> pd.DataFrame:
     "All seeds' sweeps of a plan (tidy: one row per seed and norm), each replicate computed once and stored."
-    sweeps = replicates("repe", plan, seeds, run_replicate, store, executor, max_parallel, log=_log)
+    sweeps = replicates("repe", plan, seeds, run_replicate, store, executor, max_parallel)
     for seed, sweep in sweeps.groupby("seed"):
         zero = sweep[sweep.norm == 0].iloc[0]
         print(f"repe {plan['scale']} seed {seed}: P(aligned) {sweep.alignment.min():.3f}..{sweep.alignment.max():.3f} "
@@ -474,7 +468,7 @@ def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
         alignment = fit_polynomial(small.norm, small.alignment, 1)
         alignment_forms = compare_forms(sweep.norm, sweep.alignment, ("linear", "saturating"))
         helpfulness = compare_forms(small.norm, small.p_correct, ("linear", "quadratic"))
-        (h0, h1, h2), a1 = helpfulness.loc["quadratic", "coef"], alignment["coef"][1]
+        (_, h1, h2), a1 = helpfulness.loc["quadratic", "coef"], alignment["coef"][1]
         zero, first = sweep[sweep.norm == 0].iloc[0], sweep[sweep.norm > 0].sort_values("norm").iloc[0]
         rows.append(dict(seed=seed, alignment_slope=a1, alignment_r2=alignment["r2"],
                          aic_linear_minus_saturating=alignment_forms.aic["linear"] - alignment_forms.aic["saturating"],

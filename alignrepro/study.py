@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
 
-from .core import ParameterError, RunStore, boolean, one_of, validate
+from .core import ParameterError, RunStore, one_of, validate
 from .grid import run_grid
 from .models import LADDER, ARCHS, PretrainedToy, load_model, pretrain, smollm2
 from .world import WorldConfig
@@ -36,12 +36,12 @@ class ModelSpec:
 
     def __post_init__(self):
         one_of("toy", "smollm2", "hub")("kind", self.kind)
+        object.__setattr__(self, "checkpoints", tuple(sorted({float(f) for f in self.checkpoints})))
         if self.kind == "hub" and not self.name:
             raise ParameterError("ModelSpec 'name': got None; allowed: a hub name or a local folder for kind 'hub'")
         if self.kind == "toy":
             one_of(*LADDER)("size", self.size)
             one_of(*ARCHS)("arch", self.arch)
-            object.__setattr__(self, "checkpoints", tuple(sorted({float(f) for f in self.checkpoints})))
             if float(self.fraction) not in self.checkpoints:
                 raise ParameterError(f"ModelSpec 'fraction': got {self.fraction!r}; allowed: one of the checkpoints "
                                      f"{list(self.checkpoints)}")

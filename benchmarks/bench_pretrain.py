@@ -15,7 +15,7 @@ import time
 import torch
 
 from alignrepro.core import get_device
-from alignrepro.models import LADDER, _document_batches, _train, toy_model, toy_tokenizer
+from alignrepro.models import LADDER, _document_batches, _documents, toy_model, toy_tokenizer, train_loop
 from alignrepro.world import ToyWorld, WorldConfig
 
 
@@ -51,7 +51,8 @@ def library_loop(model: torch.nn.Module, batches: list[torch.Tensor], pad_id: in
                  device: torch.device) -> tuple[float, float]:
     "Tokens per wall and CPU second of alignrepro.models' pre-training loop (no checkpoints saved)."
     started = _clocks()
-    log = _train(model, batches, pad_id, lr, "cosine", 0.1, {}, device)
+    log = train_loop(model, [_documents(batch, pad_id) for batch in batches], lr, "cosine", warmup=True,
+                     weight_decay=0.1, betas=(0.9, 0.95), max_grad_norm=1.0, device=device)
     return _rates(int(log.tokens.iloc[-1]), started)
 
 

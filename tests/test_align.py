@@ -122,8 +122,8 @@ def test_adapters_move_the_behaviour_and_only_adapters_change(tiny, sft_data, pe
 
 def test_lora_rank_and_targets_reach_peft(tiny, sft_data):
     model, tokenizer = tiny
-    trainer = sft_trainer(model, tokenizer, sft_data, quick("cpu_sft"), peft="lora", rank=2, alpha=6,
-                          target_modules=["q_proj"])
+    trainer = sft_trainer(model, tokenizer, sft_data, quick("cpu_sft", rank=2, alpha=6, target_modules=["q_proj"]),
+                          peft="lora")
     lora = trainer.model.peft_config["default"]
     assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (2, 6, {"q_proj"})
     wrapped = {name.split(".")[-1] for name, module in trainer.model.named_modules() if hasattr(module, "lora_A")}

@@ -1,32 +1,18 @@
 """Tests of alignrepro.elasticity: the curve measures on hand-made curves, the verdicts on made-up runs whose answer
 is known, parameters and plan at every scale, the toy specs' pre-training keys, and the chapter through papermill."""
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from alignrepro.core import CLAIM_COLUMNS, VERDICTS, ParameterError
-from alignrepro.elasticity import (DEFAULTS, ELASTICITY, crossing_point, curve_summary, elasticity_claims, fit_knee,
+from alignrepro.elasticity import (ELASTICITY, crossing_point, curve_summary, elasticity_claims, fit_knee,
                                    initial_slope, logit, resistance_gaps, resolve_plan)
-
-TINY = dict(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fractions=[0.5, 1.0], n_pos=[4, 8],
-            n_neg=[0, 4, 8, 12, 16], resist_n=8, resist_prompts=4, n_eval=4, theory_points=3)
 
 
 def _params(**changes):
     return ELASTICITY.parameters(**{"out_dir": "_out/x", **changes})
 
-
-def test_notebook_parameters_are_the_library_defaults():
-    "The chapter's parameters cell and `DEFAULTS` (what `ELASTICITY.parameters` lays the given values over) say the same."
-    import ast
-    import nbformat
-    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "03_elasticity.ipynb", as_version=4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    body = ast.parse(cell.source).body
-    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
-    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS
 
 
 def test_crossing_point_interpolates_and_reports_never():
@@ -138,24 +124,6 @@ def test_bad_parameters_name_themselves(changes, name):
     with pytest.raises(ParameterError, match=name):
         _params(**changes)
 
-
-def test_chapter_runs_and_seeds_change_numbers(run_chapter):
-    executed, out_dir = run_chapter("03_elasticity", seeds=[0, 1, 2], **TINY)
-    claims = pd.read_csv(out_dir / "claims.csv")
-    assert len(claims) == 11 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
-    for figure in ["resistance", "rebound", "controls", "trends", "theory"]:
-        assert (out_dir / f"{figure}.png").stat().st_size > 10_000
-    _, other_dir = run_chapter("03_elasticity", seeds=[1, 2, 3], out_dir=str(out_dir.parent / "other"), as_yaml=True,
-                               **TINY)  # papermill -y "seeds: [1, 2, 3]\n..."
-    other = pd.read_csv(other_dir / "claims.csv")
-    assert (claims.measured != other.measured).any()
-
-
-def test_bad_parameter_stops_the_chapter(run_chapter):
-    import papermill
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("03_elasticity", n_neg=[3, 1, 2])
-    assert error.value.ename == "ParameterError" and "n_neg" in error.value.evalue
 
 
 @pytest.mark.slow

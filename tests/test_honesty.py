@@ -1,9 +1,6 @@
 """Tests of alignrepro.honesty: metrics, knowledge rule and training targets on hand-made cases, the chapter via papermill."""
-import ast
 import json
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +9,7 @@ from alignrepro.core import VERDICTS, ParameterError, RunStore
 from alignrepro.data import answer_matches, fact_questions
 from alignrepro.study import ModelSpec
 from alignrepro.world import IDK_REPLY, ToyWorld, WorldConfig
-from alignrepro.honesty import (DEFAULTS, EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
+from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
                                 confidence_prefix, expected_accuracy, honesty_scores, is_idk, known_questions,
                                 knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
                                 score_table, stated_confidence, toy_judge, toy_question_table, training_set)
@@ -172,14 +169,6 @@ def test_resolve_plan_covers_three_scales_and_rejects_bad_values():
         resolve_plan("toy", methods=["prompt"])
 
 
-def test_notebook_parameters_are_the_library_defaults():
-    "The chapter's parameters cell and `DEFAULTS` (what `HONESTY.parameters` lays given values over) say the same."
-    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "06_honesty.ipynb", as_version=4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    body = ast.parse(cell.source).body
-    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
-    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS
-
 
 # --- scores and claims -------------------------------------------------------------------------------------------
 def test_score_table_compares_each_method_with_the_unaligned_model():
@@ -220,35 +209,7 @@ def test_claims_follow_the_measured_effects():
 
 
 # --- the chapter -------------------------------------------------------------------------------------------------
-TINY = dict(seeds=[0, 1], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False)
 
-
-def test_chapter_runs_with_tiny_parameters(run_chapter):
-    executed, out_dir = run_chapter("06_honesty", **TINY)
-    claims = pd.read_csv(out_dir / "claims.csv")
-    assert len(claims) == 7 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
-    assert (claims.study == "honesty").all() and claims.statistic.str.contains("n=2 seeds").all()
-    for figure in ("prudence_vs_overconservativeness.png", "calibration.png"):
-        assert (out_dir / figure).stat().st_size > 10_000
-    table = pd.read_csv(out_dir / "table5_layout.csv", index_col="method")
-    assert list(table.index[:3]) == ["unaligned", "fine_tuned", "prompt"]
-    assert table.loc["unaligned", "honesty (ours)"] == "50.0 ± 0.0"  # by construction
-    runs = RunStore().query("honesty")
-    assert runs.run_id.nunique() == 2 * (1 + 1 + 1 + len(METHODS))  # per seed: replicate, knowledge, prompt, 5 methods
-    # different seeds draw different training questions and different samples
-    knowledge = runs[runs.stage == "knowledge"]
-    train = [set(knowledge[(knowledge.seed == s) & (knowledge.split == "train")].question) for s in (0, 1)]
-    assert train[0] != train[1]
-
-
-def test_bad_parameter_stops_the_chapter_first(run_chapter):
-    import papermill
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("06_honesty", scale="huge")
-    assert error.value.ename == "ParameterError" and "scale" in error.value.evalue
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("06_honesty", tau=2.0)
-    assert error.value.ename == "ParameterError" and "tau" in error.value.evalue
 
 
 @pytest.mark.slow

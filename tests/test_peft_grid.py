@@ -117,28 +117,6 @@ def test_grid_through_submitit_local(tmp_path, monkeypatch):
     assert len(cells) == 2 and set(table.model) == {"llama-base"} and len(table) == 2 * len(BENCHMARKS)
 
 
-def test_chapter_runs_and_seeds_change_numbers(run_chapter):
-    tiny = {**TINY, "models": ["llama-base", "llama-instruct"], "methods": ["sft", "dpo"]}
-    _, out_dir = run_chapter("04_peft_grid", seeds=[0], **tiny)
-    claims = pd.read_csv(out_dir / "claims.csv")
-    assert list(claims.claim_id) == list(range(1, 9)) and set(claims.verdict) <= set(VERDICTS)
-    assert {p.name for p in out_dir.glob("*.png")} == {"scores_heatmap.png", "dpo_minus_sft.png", "quantity.png",
-                                                         "merges.png"}
-    _, other_dir = run_chapter("04_peft_grid", seeds=[1], out_dir=str(out_dir.parent / "other"), **tiny)
-    other = pd.read_csv(other_dir / "claims.csv")
-    assert (claims.measured != other.measured).any()
-
-
-def test_chapter_stops_on_a_bad_parameter(run_chapter):
-    import papermill
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("04_peft_grid", pefts=["dora"])
-    assert error.value.ename == "ParameterError" and "pefts" in error.value.evalue
-    for seeds in ("[0, 1.5]", "zero"):  # as typed after -p: text that is not a list of ints even when read as YAML
-        with pytest.raises(papermill.PapermillExecutionError) as error:
-            run_chapter("04_peft_grid", seeds=seeds)
-        assert error.value.ename == "ParameterError" and f"parameter 'seeds': got {seeds!r}" in error.value.evalue
-
 
 @pytest.mark.slow
 def test_small_scale_cell_runs(tmp_path, monkeypatch):
@@ -170,12 +148,3 @@ def test_all_four_merge_cell_trains_both_datasets_adapters(tmp_path):
     assert adapters == {(d, p) for d in ("beavertails", "hh-rlhf") for p in ("harmless", "helpful")}
 
 
-def test_notebook_parameters_are_the_library_defaults():
-    "The chapter's parameters cell and `DEFAULTS` (what the CLI and `grid_plan` use) say the same."
-    import ast
-    import nbformat
-    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "04_peft_grid.ipynb", as_version=4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    body = ast.parse(cell.source).body
-    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
-    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from alignrepro.core import ParameterError, RunStore, VERDICTS
 from alignrepro.models import pretrain, toy_tokenizer
-from alignrepro.repe import (DEFAULTS, REPE, alignment_scores, claims_table, decoder_layers, direction, layer_indices,
+from alignrepro.repe import (REPE, alignment_scores, claims_table, decoder_layers, direction, layer_indices,
                              norm_sweep, read_activations, resolve_plan, seed_statistics, steer, steering_vectors)
 from alignrepro.study import ModelSpec, pretrained
 from alignrepro.world import ToyWorld, WorldConfig
@@ -175,47 +175,6 @@ def test_toy_plan_loads_the_model_the_chapter_pre_trained_before(tmp_path):
                           store=store)
         assert pretrained(ModelSpec(**plan["model"]).for_seed(seed), store).root == former.root
 
-
-def test_notebook_parameters_are_the_library_defaults():
-    "The chapter's parameters cell and `DEFAULTS` say the same."
-    import ast
-    from pathlib import Path
-
-    import nbformat
-    notebook = nbformat.read(Path(__file__).parents[1] / "nbs" / "05_repe.ipynb", as_version=4)
-    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    body = [node for node in ast.parse(cell.source).body if not isinstance(node, ast.ImportFrom)]
-    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
-    assert {node.target.id: ast.literal_eval(node.value) for node in body} == DEFAULTS == REPE.defaults
-
-
-TINY = dict(toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3, small_model=None,
-            norms=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
-
-
-def test_chapter_runs_with_tiny_parameters(run_chapter):
-    import os
-
-    from alignrepro.core import RunStore
-
-    executed, out_dir = run_chapter("05_repe", seeds=[0, 1, 2], **TINY)
-    claims = pd.read_csv(out_dir / "claims.csv")
-    assert len(claims) == 6 and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
-    assert (out_dir / "tradeoff_toy.png").stat().st_size > 10_000
-    runs = RunStore(os.environ["ALIGNREPRO_RUNS"]).query("repe")
-    per_seed = runs.groupby("seed").alignment.apply(tuple)
-    assert len(per_seed) == 3 and len(set(per_seed)) == 3  # different seeds measure different numbers
-
-
-def test_chapter_bad_parameter_fails_fast(run_chapter):
-    import papermill
-
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("05_repe", method="median", **TINY)
-    assert error.value.ename == "ParameterError" and "method" in error.value.evalue
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_chapter("05_repe", small_norm=0.1, **TINY)
-    assert error.value.ename == "ParameterError" and "small_norm" in error.value.evalue
 
 
 @pytest.mark.slow

@@ -1,0 +1,96 @@
+"""The chapter contract, for every study chapter from one table: the parameters cell says what the library's
+defaults say; a tiny run of the `papermill` command writes the claims and figures; other seeds move the numbers;
+a bad parameter stops the chapter before any work, with an error naming it."""
+import ast
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+
+from alignrepro.core import VERDICTS
+
+
+@dataclass
+class Contract:
+    chapter: str  # "module:Chapter instance"
+    tiny: dict  # tiny parameters (seeds included)
+    other_seeds: list  # a second run's seeds, given with -y: its numbers must differ
+    n_claims: int  # rows of claims.csv
+    figures: list  # files the chapter saves in out_dir
+    bad: dict  # a chapter-specific bad value -> the parameter the error must name
+    extra: callable = field(default=lambda out_dir: None)  # more checks on the tiny run's out_dir
+
+
+def _honesty_tables(out_dir: Path) -> None:
+    table = pd.read_csv(out_dir / "table5_layout.csv", index_col="method")
+    assert list(table.index[:3]) == ["unaligned", "fine_tuned", "prompt"]
+    assert table.loc["unaligned", "honesty (ours)"] == "50.0 ± 0.0"  # by construction
+
+
+CHAPTERS = {
+    "03_elasticity": Contract(
+        "alignrepro.elasticity:ELASTICITY",
+        dict(seeds=[0, 1, 2], sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fractions=[0.5, 1.0],
+             n_pos=[4, 8], n_neg=[0, 4, 8, 12, 16], resist_n=8, resist_prompts=4, n_eval=4, theory_points=3),
+        [1, 2, 3], 11, ["resistance.png", "rebound.png", "controls.png", "trends.png", "theory.png"],
+        dict(n_neg=[3, 1, 2])),
+    "04_peft_grid": Contract(
+        "alignrepro.peft_grid:PEFT_GRID",
+        dict(seeds=[0], models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
+             datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
+             ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0]),
+        [1], 8, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"])),
+    "05_repe": Contract(
+        "alignrepro.repe:REPE",
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3,
+             small_model=None, norms=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]),
+        [3, 4, 5], 6, ["tradeoff_toy.png"], dict(method="median", small_norm=0.1)),
+    "06_honesty": Contract(
+        "alignrepro.honesty:HONESTY",
+        dict(seeds=[0, 1], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
+        [2, 3], 7, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
+        _honesty_tables),
+}
+NBS = Path(__file__).resolve().parent.parent / "nbs"
+
+
+def _chapter(contract: Contract):
+    module, name = contract.chapter.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_parameters_cell_is_the_library_defaults(name):
+    "What `papermill --help-notebook` shows (typed lines) is what the library's `Chapter` lays given values over."
+    notebook = nbformat.read(NBS / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    body = [node for node in ast.parse(cell.source).body if not isinstance(node, ast.ImportFrom)]
+    assert all(isinstance(node, ast.AnnAssign) for node in body), "every parameter carries a type annotation"
+    assert {node.target.id: ast.literal_eval(node.value) for node in body} == _chapter(CHAPTERS[name]).defaults
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_tiny_run_writes_claims_and_other_seeds_move_them(name, run_chapter):
+    contract = CHAPTERS[name]
+    _, out_dir = run_chapter(name, **contract.tiny)  # every parameter typed as -p NAME VALUE
+    claims = pd.read_csv(out_dir / "claims.csv")
+    assert len(claims) == contract.n_claims and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
+    for figure in contract.figures:
+        assert (out_dir / figure).stat().st_size > 10_000, figure
+    contract.extra(out_dir)
+    other_parameters = {**contract.tiny, "seeds": contract.other_seeds, "out_dir": str(out_dir.parent / "other")}
+    _, other_dir = run_chapter(name, as_yaml=True, **other_parameters)  # all of them as one -y YAML document
+    assert (claims.measured != pd.read_csv(other_dir / "claims.csv").measured).any()
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_bad_parameter_stops_the_chapter_naming_it(name, run_chapter):
+    bad = {"seeds": "[0, 1.5]", **CHAPTERS[name].bad}  # seeds as typed after -p: text, not a list of ints
+    for parameter, value in bad.items():
+        with pytest.raises(papermill.PapermillExecutionError) as error:
+            run_chapter(name, **{**CHAPTERS[name].tiny, parameter: value})
+        assert error.value.ename == "ParameterError" and f"parameter '{parameter}'" in error.value.evalue
