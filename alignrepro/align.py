@@ -18,20 +18,19 @@ import bitsandbytes
 import datasets
 import pandas as pd
 import torch
-from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
 from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel,
                           PreTrainedTokenizerBase, TrainerCallback)
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from .core import ParameterError, seed_everything
+from .core import ParameterError, one_of, seed_everything
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['PRESETS', 'PeftMethod', 'LoraSpec', 'sft_config', 'dpo_config', 'Preset', 'preset', 'quantize_4bit',
-           'strip_fused_forward', 'sft_trainer', 'training_log', 'sft', 'dpo_trainer', 'dpo']
+__all__ = ['PRESETS', 'BITSANDBYTES_TESTED', 'PeftMethod', 'REPORT_TO', 'LoraSpec', 'sft_config', 'dpo_config', 'Preset',
+           'preset', 'quantize_4bit', 'strip_fused_forward', 'sft_trainer', 'training_log', 'sft', 'dpo_trainer', 'dpo']
 
 # %% ../nbs/02a_align.ipynb #9d80300c
 @dataclass
@@ -127,6 +126,19 @@ def preset(name: str,  # a key of `PRESETS`
     return Preset(config=config, lora=copy.deepcopy(lora), source=base.source)
 
 # %% ../nbs/02a_align.ipynb #13ac7358
+BITSANDBYTES_TESTED = "0.50"  # the bitsandbytes release whose CPU 4-bit layout QLoRA training here is tested on
+
+
+def _unpack_for_cpu():
+    "bitsandbytes' private inverse of its CPU 4-bit packing, with a clear error where another release lacks it."
+    inverse = getattr(bitsandbytes.functional, "_convert_weight_packed_for_cpu_inverse", None)
+    if inverse is None:
+        raise ImportError(f"bitsandbytes {bitsandbytes.__version__} packs 4-bit weights for the CPU but has no "
+                          f"_convert_weight_packed_for_cpu_inverse; QLoRA on the CPU is tested with bitsandbytes "
+                          f"{BITSANDBYTES_TESTED}: pip install 'bitsandbytes>=0.45,<=0.50.99'")
+    return inverse
+
+
 def _keep_4bit_trainable(model: PreTrainedModel) -> PreTrainedModel:
     "Stop bitsandbytes repacking 4-bit weights into its CPU inference layout, which breaks backward passes."
     for module in model.modules():
@@ -134,8 +146,7 @@ def _keep_4bit_trainable(model: PreTrainedModel) -> PreTrainedModel:
             module.support_avx512bf16_for_cpu = False
             state = module.weight.quant_state
             if getattr(state, "packing_format_for_cpu", False):
-                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                    module.weight.data, state)
+                module.weight.data, module.weight.quant_state = _unpack_for_cpu()(module.weight.data, state)
     return model
 
 def _is_4bit(model: PreTrainedModel) -> bool:
@@ -272,11 +283,17 @@ def _float32_adapters(trainer: SFTTrainer | DPOTrainer, config: SFTConfig | DPOC
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
 
+REPORT_TO = ("none", "trackio", "wandb")  # where trl may log a run
+
+
 def _start(config: SFTConfig | DPOConfig | Preset | str | None, default: str, model: PreTrainedModel, peft: PeftMethod,
-           inplace: bool) -> tuple:
+           inplace: bool, report_to: str | None) -> tuple:
     "(trl config fitted to this machine, the model to train, its adapter config or None): a run's seeded start."
     recipe = _resolve(config, default)
     run_config = _fit_to_machine(recipe.config)
+    if report_to is not None:
+        one_of(*REPORT_TO)("report_to", report_to)
+        run_config = _replace_config(run_config, report_to=report_to)
     seed_everything(run_config.seed)
     return run_config, _prepare_model(model, peft, run_config, inplace), recipe.lora.lora_config() if peft != "none" else None
 
@@ -289,9 +306,10 @@ def sft_trainer(model: PreTrainedModel,  # a causal language model (left unchang
                 peft: PeftMethod = "none",  # full fine-tuning, LoRA, or QLoRA (LoRA on a 4-bit nf4 base)
                 callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
                 inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
+                report_to: str | None = None,  # trl logging: "none", "trackio" or "wandb"; None: the config's
                ) -> SFTTrainer:
     "trl's `SFTTrainer` for one reproducible SFT run, not yet trained."
-    run_config, train_model, adapter = _start(config, "cpu_sft", model, peft, inplace)
+    run_config, train_model, adapter = _start(config, "cpu_sft", model, peft, inplace, report_to)
     if "prompt" in dataset.column_names and "completion" in dataset.column_names:
         dataset = _space_completions(dataset, tokenizer, ("completion",))
     with _quiet_dataset_maps():
@@ -316,7 +334,7 @@ def sft(model: PreTrainedModel,  # a causal language model (left unchanged unles
         tokenizer: PreTrainedTokenizerBase,  # its tokenizer
         dataset: Dataset,  # trl schema: `text`, `prompt`/`completion`, or conversational `messages`
         config: SFTConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_sft"
-        **options,  # `sft_trainer`'s: peft ("none", "lora", "qlora"), callbacks, inplace
+        **options,  # `sft_trainer`'s: peft ("none", "lora", "qlora"), callbacks, inplace, report_to
        ) -> tuple[PreTrainedModel, pd.DataFrame]:
     "Supervised fine-tuning with trl: the trained model (in eval mode) and its per-step log."
     return _train(sft_trainer(model, tokenizer, dataset, config, **options))
@@ -332,9 +350,10 @@ def dpo_trainer(model: PreTrainedModel,  # a causal language model (left unchang
                 ref_model: PreTrainedModel | None = None,  # reference policy; None: the starting model
                 callbacks: list[TrainerCallback] | None = None,  # extra transformers callbacks
                 inplace: bool = False,  # train `model` itself instead of a copy (saves memory)
+                report_to: str | None = None,  # trl logging: "none", "trackio" or "wandb"; None: the config's
                ) -> DPOTrainer:
     "trl's `DPOTrainer` for one reproducible DPO run, not yet trained."
-    run_config, train_model, adapter = _start(config, "cpu_dpo", model, peft, inplace)
+    run_config, train_model, adapter = _start(config, "cpu_dpo", model, peft, inplace, report_to)
     if ref_model is None and peft == "none" and not isinstance(model, PeftModel):
         ref_model = strip_fused_forward(copy.deepcopy(model)).eval()
     dataset = _space_completions(dataset, tokenizer, ("chosen", "rejected"))
@@ -348,7 +367,7 @@ def dpo(model: PreTrainedModel,  # a causal language model (left unchanged unles
         tokenizer: PreTrainedTokenizerBase,  # its tokenizer
         dataset: Dataset,  # trl schema: `prompt`/`chosen`/`rejected`
         config: DPOConfig | Preset | str | None = None,  # trl's config, a preset or its name; None: "cpu_dpo"
-        **options,  # `dpo_trainer`'s: peft ("none", "lora", "qlora"), ref_model, callbacks, inplace
+        **options,  # `dpo_trainer`'s: peft ("none", "lora", "qlora"), ref_model, callbacks, inplace, report_to
        ) -> tuple[PreTrainedModel, pd.DataFrame]:
     "Direct preference optimisation with trl: the trained model (in eval mode) and its per-step log."
     return _train(dpo_trainer(model, tokenizer, dataset, config, **options))

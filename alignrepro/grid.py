@@ -5,9 +5,11 @@
 # %% ../nbs/02d_grid.ipynb #3acd49aa
 from __future__ import annotations
 
+import hashlib
 import itertools
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,12 +33,21 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
     return [{**fixed, **dict(zip(names, values))} for values in itertools.product(*(axes[n] for n in names))]
 
 # %% ../nbs/02d_grid.ipynb #d9320a96
+_KEY_ONLY = ("torch_threads", "code")  # what the grid adds to a cell's key; the cell's function never sees them
+
+
+def _code(fn: Callable) -> str:
+    "A fingerprint of the code a cell runs: the hash of the source file of `fn`'s module ('' where it has none)."
+    path = getattr(sys.modules.get(fn.__module__), "__file__", None)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
+
+
 def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame]) -> int:
     "Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows."
     store, threads = RunStore(root), torch.get_num_threads()
     torch.set_num_threads(cell["torch_threads"])
     try:
-        plain = {k: v for k, v in cell.items() if k != "torch_threads"}
+        plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
         return len(store.get_or_run(cell, lambda: fn(plain, store)))
     finally:
         torch.set_num_threads(threads)
@@ -92,7 +103,8 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         raise ValueError(f"executor: got {executor!r}; allowed: 'local', 'pool', 'submitit', 'submitit-local'")
     max_parallel = max_parallel or (os.cpu_count() or 1 if executor == "pool" else 1)
     store = store or RunStore()
-    cells = [dict(cell, torch_threads=_cell_threads(executor, slurm)) for cell in cells]  # the count is in the key
+    key = dict(torch_threads=_cell_threads(executor, slurm), code=_code(fn))  # results depend on both
+    cells = [dict(cell, **key) for cell in cells]
     pending = [cell for cell in cells if not store.has(cell)]
     log(f"grid: {len(cells) - len(pending)} of {len(cells)} cells already done, {len(pending)} to run")
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="grid cells", unit="cell")
@@ -103,7 +115,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         done = bar.n - bar.initial
         log(f"cell done in {(time.time() - start) / done:.1f}s/cell avg, {len(pending) - done} left: "
             + ", ".join(f"{k}={v}" for k, v in cell.items()  # scalars only: a cell's plan is long
-                        if k not in ("study", "torch_threads") and not isinstance(v, (dict, list))))
+                        if k not in ("study", *_KEY_ONLY) and not isinstance(v, (dict, list))))
 
     if executor == "local":
         for cell in pending:
@@ -129,7 +141,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
                     running.append((cell, pool.submit(_run_cell, str(store.root), cell, fn)))
                 _wait_any(running, finished)
     bar.close()
-    return collect(cells, store).drop(columns="torch_threads", errors="ignore")
+    return collect(cells, store).drop(columns=list(_KEY_ONLY), errors="ignore")
 
 
 def collect(cells: list[dict],  # the grid's cells

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from alignrepro.core import RunStore
-from alignrepro.grid import grid_cells, run_grid
+from alignrepro.grid import _code, grid_cells, run_grid
 
 SCRIPT = textwrap.dedent("""
     import sys, time
@@ -64,7 +64,7 @@ def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
         return pd.DataFrame({"value": [cell["x"] ** 3], "pid": [os.getpid()]})
 
     cells = grid_cells({"study": "sub"}, {"x": [1, 2, 3]})
-    done = dict(cells[0], torch_threads=1)  # as a submitit job computes it: one thread, which is part of the key
+    done = dict(cells[0], torch_threads=1, code=_code(cube))  # as a job keys it: one thread, the code of `cube`
     store.get_or_run(done, lambda: pd.DataFrame({"value": [1], "pid": [os.getpid()]}))
     table = run_grid(cells, cube, store, executor="submitit-local", max_parallel=2, log=lambda line: None)
     assert table.value.tolist() == [1, 8, 27]
@@ -117,3 +117,21 @@ def test_slurm_gets_one_job_array(tmp_path, monkeypatch):
     table = run_grid(cells, lambda cell, store: pd.DataFrame({"y": [cell["x"] * 2]}), RunStore(tmp_path),
                      executor="submitit", max_parallel=2, log=lambda line: None)
     assert slurm.submitted == [True, True, True] and table.y.tolist() == [2, 4, 6]
+
+
+def test_changed_cell_code_is_another_run(tmp_path, monkeypatch):
+    "The key holds a fingerprint of the cell function's module source: edit the module and its cells run again."
+    import importlib
+    module = tmp_path / "cellcode.py"
+    module.write_text("import pandas as pd\n\ndef cell_rows(cell, store):\n    return pd.DataFrame({'y': [cell['x']]})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cellcode
+    store, cells = RunStore(tmp_path / "runs"), grid_cells({"study": "code"}, {"x": [1, 2]})
+    run_grid(cells, cellcode.cell_rows, store, log=lambda line: None)
+    lines = []
+    run_grid(cells, cellcode.cell_rows, store, log=lines.append)
+    assert lines[0].startswith("grid: 2 of 2 cells already done")
+    module.write_text(module.read_text().replace("cell['x']", "cell['x'] * 10"))
+    importlib.reload(cellcode)
+    table = run_grid(cells, cellcode.cell_rows, store, log=lines.append)
+    assert lines[-3].startswith("grid: 0 of 2 cells already done") and table.y.tolist() == [10, 20]
