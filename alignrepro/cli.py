@@ -15,7 +15,8 @@ import pandas as pd
 from . import __version__
 from .core import RunStore, parse_value
 
-GRID_STUDIES = {"peft": "alignrepro.peft_grid"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
+GRID_STUDIES = {"elasticity": "alignrepro.elasticity", "peft": "alignrepro.peft_grid", "repe": "alignrepro.repe",
+                "honesty": "alignrepro.honesty"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
 
 # %% auto #0
 __all__ = ['GRID_STUDIES', 'parser', 'main', 'runs_table', 'runs_summary']
@@ -44,9 +45,11 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--root", default=None, help="run store folder (default $ALIGNREPRO_RUNS or ~/.cache/alignrepro/runs)")
     grid = commands.add_parser("grid", help="run a study's grid of cells, resuming where it stopped")
     grid.add_argument("study", choices=sorted(GRID_STUDIES), help="which study's grid")
-    grid.add_argument("--executor", choices=["local", "submitit"], default="local",
-                      help="local: one cell after another here; submitit: Slurm where found, else local jobs")
-    grid.add_argument("--max-parallel", type=int, default=1, help="cells running at once (submitit)")
+    grid.add_argument("--executor", choices=["local", "pool", "submitit"], default="local",
+                      help="local: one cell after another here; pool: worker processes here, one thread each; "
+                           "submitit: a Slurm job array where found, else local jobs")
+    grid.add_argument("--max-parallel", type=int, default=None,
+                      help="cells running at once (default: every core for pool, else 1)")
     grid.add_argument("--slurm-partition", default=None, help="Slurm partition")
     grid.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per Slurm job")
     grid.add_argument("--timeout-min", type=int, default=None, help="Slurm time limit per cell, minutes")

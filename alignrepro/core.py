@@ -169,6 +169,8 @@ COMMON_RULES: dict[str, Rule] = {
 def parse_value(text: str  # a value as typed on a command line
                ):
     "A parameter value typed as text, read as YAML (`3` -> 3, `5e-3` -> 0.005, `[0, 1]` -> list, `toy` -> 'toy')."
+    if text.strip() in ("None", "null", "~"):  # None as papermill's -p reads it
+        return None
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

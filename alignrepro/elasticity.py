@@ -28,7 +28,7 @@ from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number
 from .evaluate import (claim_row, completion_logprobs, kl_divergence, next_token_probs, sample,
                                  sign_verdict, spearman_by_group, vader_sentiment, verdict_from_values)
 from .models import LADDER, completion_rows, finetune
-from .study import Chapter, ModelSpec, load, pretrained, replicates
+from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replicates
 from .world import ToyWorld, WorldConfig, sentiment_score
 
 # %% auto #0
@@ -37,8 +37,9 @@ __all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 
            'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData', 'sentiment_data', 'behaviour_probe',
            'rebound_run', 'rebound_experiments', 'rebound_replicate', 'sft_snapshots', 'answer_dataset',
            'resistance_pair', 'resistance_data', 'resistance_replicate', 'resistance_gaps', 'experiment_runs',
-           'curve_summary', 'censored', 'censored_crossings', 'elasticity_claims', 'plot_resistance', 'plot_rebound',
-           'plot_controls', 'plot_trends', 'plot_theory', 'negatives_table', 'closing_text']
+           'run_replicate', 'grid_plan', 'curve_summary', 'censored', 'censored_crossings', 'elasticity_claims',
+           'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_trends', 'plot_theory', 'negatives_table',
+           'closing_text']
 
 # %% ../nbs/03a_elasticity.ipynb #36c3926c
 SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
@@ -560,6 +561,22 @@ def experiment_runs(plan: dict,  # from `resolve_plan`
                    ) -> pd.DataFrame:
     "One experiment's rows for every seed, each seed computed once and stored, with `study` and `seed` columns."
     return replicates("elasticity", dict(plan, experiment=experiment), seeds, REPLICATES[experiment], store)
+
+
+def run_replicate(cell: dict,  # {study, plan (with its "experiment"), seed}
+                  store: RunStore,  # where models and results live
+                 ) -> pd.DataFrame:
+    "One seed's runs of the experiment the cell's plan names (`REPLICATES`)."
+    return REPLICATES[cell["plan"]["experiment"]](cell, store)
+
+
+def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
+             ) -> tuple[list[dict], Callable]:
+    "(cells, cell function) of the chapter's replicates, for `alignrepro grid elasticity` (Slurm job arrays included)."
+    params = ELASTICITY.parameters(**parameters)
+    plan = resolve_plan(params)
+    return [cell for experiment in REPLICATES
+            for cell in replicate_cells(ELASTICITY.study, dict(plan, experiment=experiment), params["seeds"])], run_replicate
 
 # %% ../nbs/03a_elasticity.ipynb #0680ef52
 RUN_KEYS = ["experiment", "model", "seed", "n_pos"]

@@ -5,6 +5,7 @@
 # %% ../nbs/06a_honesty.ipynb #515a1b8f
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import re
@@ -25,7 +26,7 @@ from .core import (COMMON_RULES, VERDICTS, ParameterError, Rule, RunStore, boole
 from .data import FACT_FAMILIES, answer_matches, fact_questions, normalize_answer, triviaqa
 from .evaluate import bootstrap_ci, claim_row, sample, verdict_from_values
 from .models import LADDER
-from .study import Chapter, ModelSpec, load, replicates
+from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import FAMILIES, IDK_REPLY, NUMBERS, ToyWorld, chat
 
 # %% auto #0
@@ -35,8 +36,8 @@ __all__ = ['PAPER_IDK_REPLY', 'IDK_EXPRESSIONS', 'LABELS', 'METHODS', 'BASELINES
            'METRICS', 'HONEST_METHODS', 'is_idk', 'response_label', 'honesty_scores', 'expected_accuracy',
            'known_questions', 'ReplyStyle', 'confidence_prefix', 'training_set', 'toy_question_table',
            'real_question_table', 'chat_prompt', 'toy_judge', 'real_judge', 'knowledge_table', 'resolve_plan',
-           'question_table', 'train_method', 'method_responses', 'replicate_rows', 'run_study', 'score_table',
-           'paper_layout', 'claims_table', 'plot_tradeoff', 'stated_confidence', 'calibration_table',
+           'question_table', 'train_method', 'method_responses', 'replicate_rows', 'run_study', 'grid_plan',
+           'score_table', 'paper_layout', 'claims_table', 'plot_tradeoff', 'stated_confidence', 'calibration_table',
            'plot_calibration', 'knowledge_vs_truth']
 
 # %% ../nbs/06a_honesty.ipynb #a448f98b
@@ -522,6 +523,15 @@ def run_study(plan: dict,  # a `resolve_plan` plan
     "(knowledge tables, responses) of every seed, each replicate read from the store or computed once."
     rows = replicates(HONESTY.study, plan, seeds, replicate_rows, store, executor, max_parallel)
     return _tables(rows)
+
+
+def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
+             ) -> tuple[list[dict], Callable]:
+    "(cells, cell function) of the chapter's replicates, for `alignrepro grid honesty` (Slurm job arrays included)."
+    params = HONESTY.parameters(**parameters)
+    names = inspect.signature(resolve_plan).parameters
+    plan = resolve_plan(**{name: value for name, value in params.items() if name in names})
+    return replicate_cells(HONESTY.study, plan, params["seeds"]), replicate_rows
 
 # %% ../nbs/06a_honesty.ipynb #b237cc27
 def score_table(knowledge: pd.DataFrame,  # knowledge tables with a `seed` column

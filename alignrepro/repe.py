@@ -21,15 +21,15 @@ from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_
 from .evaluate import (_saturating, claim_row, compare_forms, completion_logprobs, encode_pairs,
                                  fit_polynomial, fit_saturating, pad_batch, padding_id, vader_sentiment,
                                  verdict_from_values)
-from .study import Chapter, ModelSpec, load, replicates
+from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import ToyWorld
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'RULES', 'REPE', 'STUDY_VERSION', 'PAPER_DATA', 'R2_LINEAR', 'decoder_layers', 'layer_indices', 'steer',
            'read_activations', 'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep',
            'sentiment_words', 'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts',
-           'resolve_plan', 'build_tasks', 'sweep_seed', 'run_replicate', 'run_study', 'seed_statistics', 'forms_table',
-           'claims_table', 'plot_tradeoff']
+           'resolve_plan', 'build_tasks', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan', 'seed_statistics',
+           'forms_table', 'claims_table', 'plot_tradeoff']
 
 # %% ../nbs/05a_repe.ipynb #777e86f8
 _LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -456,6 +456,13 @@ def run_study(plan: dict,  # from `resolve_plan`
               f"(unsteered {zero.alignment:.3f}), P(correct) unsteered {zero.p_correct:.3f}, "
               f"lowest {sweep.p_correct.min():.3f}")
     return sweeps
+
+
+def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
+             ) -> tuple[list[dict], Callable]:
+    "(cells, cell function) of the chapter's replicates, for `alignrepro grid repe` (Slurm job arrays included)."
+    params = REPE.parameters(**parameters)
+    return replicate_cells(REPE.study, resolve_plan(params), params["seeds"]), run_replicate
 
 # %% ../nbs/05a_repe.ipynb #76066594
 def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan

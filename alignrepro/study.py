@@ -17,7 +17,7 @@ from .models import LADDER, ARCHS, PretrainedToy, load_model, pretrain, smollm2
 from .world import WorldConfig
 
 # %% auto #0
-__all__ = ['ModelSpec', 'pretrained', 'load', 'Chapter', 'replicates']
+__all__ = ['ModelSpec', 'pretrained', 'load', 'Chapter', 'replicate_cells', 'replicates']
 
 # %% ../nbs/02e_study.ipynb #5cfe3f53
 @dataclass(frozen=True)
@@ -113,6 +113,14 @@ class Chapter:
         return params
 
 # %% ../nbs/02e_study.ipynb #0e599cc8
+def replicate_cells(study: str,  # the chapter's study name
+                    plan: dict,  # the resolved, JSON-able plan every replicate shares
+                    seeds: Sequence[int],  # one replicate per seed
+                   ) -> list[dict]:
+    "One grid cell per seed, `{study, plan, seed}`: what `replicates` runs, and a chapter's `grid_plan` hands the CLI."
+    return [dict(study=study, plan=plan, seed=int(seed)) for seed in seeds]
+
+
 def replicates(study: str,  # the chapter's study name
                plan: dict,  # the resolved, JSON-able plan every replicate shares (part of each cell's key)
                seeds: Sequence[int],  # one replicate per seed
@@ -123,5 +131,4 @@ def replicates(study: str,  # the chapter's study name
                log: Callable[[str], None] = print,  # where the per-replicate log lines go
               ) -> pd.DataFrame:
     "Every seed's rows of `fn` over the plan, each computed once and stored, with `study` and `seed` columns."
-    cells = [dict(study=study, plan=plan, seed=int(seed)) for seed in seeds]
-    return run_grid(cells, fn, store=store, executor=executor, max_parallel=max_parallel, log=log)
+    return run_grid(replicate_cells(study, plan, seeds), fn, store=store, executor=executor, max_parallel=max_parallel, log=log)
