@@ -315,8 +315,12 @@ def neutral_texts(world: ToyWorld,  # the toy world (its everyday filler sentenc
                   end: str = " <eos>",  # the end marker, kept for toy models and dropped for others
                  ) -> list[str]:
     "Neutral everyday texts, for the next-token loss."
-    documents = world.pretraining_dataset(60 * n, seed=seed + 10_000, with_labels=True).to_pandas()
-    texts = documents[documents.behaviour == "filler"].text.head(n).tolist()
+    texts, budget = [], 60 * n
+    while len(texts) < n:  # a small draw may hold too few filler documents: draw more
+        documents = world.pretraining_dataset(budget, seed=seed + 10_000, with_labels=True).to_pandas()
+        texts, budget = documents[documents.behaviour == "filler"].text.head(n).tolist(), budget * 2
+        if budget > 2**22:
+            raise ValueError(f"the world's pre-training text has fewer than {n} filler documents")
     return texts if end == " <eos>" else [t.removesuffix(" <eos>") + end for t in texts]
 
 # %% ../nbs/05a_repe.ipynb #b5b03f98
