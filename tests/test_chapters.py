@@ -11,7 +11,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from alignrepro.core import VERDICTS
+from alignrepro.core import VERDICTS, RunStore
 
 
 @dataclass
@@ -23,12 +23,20 @@ class Contract:
     figures: list  # files the chapter saves in out_dir
     bad: dict  # a chapter-specific bad value -> the parameter the error must name
     extra: callable = field(default=lambda out_dir: None)  # more checks on the tiny run's out_dir
+    moved: callable = field(default=lambda out_dir, other_dir: (pd.read_csv(out_dir / "claims.csv").measured
+                                                                != pd.read_csv(other_dir / "claims.csv").measured).any())
 
 
 def _honesty_tables(out_dir: Path) -> None:
     table = pd.read_csv(out_dir / "table5_layout.csv", index_col="method")
     assert list(table.index[:3]) == ["unaligned", "fine_tuned", "prompt"]
     assert table.loc["unaligned", "honesty (ours)"] == "50.0 ± 0.0"  # by construction
+
+
+def _honesty_questions_moved(out_dir: Path, other_dir: Path) -> bool:
+    "At tiny scale every honesty score is 0.5 whatever the seed; the seeds still draw other training questions."
+    knowledge = RunStore().query("honesty").query("stage == 'knowledge' and split == 'train'")
+    return set(knowledge[knowledge.seed == 0].question) != set(knowledge[knowledge.seed == 2].question)
 
 
 CHAPTERS = {
@@ -53,7 +61,7 @@ CHAPTERS = {
         "alignrepro.honesty:HONESTY",
         dict(seeds=[0, 1], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
         [2, 3], 7, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
-        _honesty_tables),
+        _honesty_tables, _honesty_questions_moved),
 }
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 
@@ -84,7 +92,7 @@ def test_tiny_run_writes_claims_and_other_seeds_move_them(name, run_chapter):
     contract.extra(out_dir)
     other_parameters = {**contract.tiny, "seeds": contract.other_seeds, "out_dir": str(out_dir.parent / "other")}
     _, other_dir = run_chapter(name, as_yaml=True, **other_parameters)  # all of them as one -y YAML document
-    assert (claims.measured != pd.read_csv(other_dir / "claims.csv").measured).any()
+    assert contract.moved(out_dir, other_dir), "other seeds gave the same numbers"
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
