@@ -23,8 +23,13 @@ class Contract:
     figures: list  # files the chapter saves in out_dir
     bad: dict  # a chapter-specific bad value -> the parameter the error must name
     extra: callable = field(default=lambda out_dir: None)  # more checks on the tiny run's out_dir
-    moved: callable = field(default=lambda out_dir, other_dir: (pd.read_csv(out_dir / "claims.csv").measured
-                                                                != pd.read_csv(other_dir / "claims.csv").measured).any())
+    moved: callable = field(default=lambda out_dir, other_dir: _numbers_moved(out_dir, other_dir))
+
+
+def _numbers_moved(out_dir: Path, other_dir: Path) -> bool:
+    "Whether another run's claims report other numbers (in `measured` or in `statistic`)."
+    ours, theirs = (pd.read_csv(folder / "claims.csv")[["measured", "statistic"]] for folder in (out_dir, other_dir))
+    return bool((ours != theirs).any(axis=None))
 
 
 def _honesty_tables(out_dir: Path) -> None:
