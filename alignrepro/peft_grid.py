@@ -27,12 +27,12 @@ from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS
 
 # %% auto #0
 __all__ = ['STUDY', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
-           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'STUDY_VERSION',
-           'RUN_KEYS', 'CLAIMS', 'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table',
-           'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets',
-           'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'run_cell',
-           'design_cells', 'grid_plan', 'score_table', 'final_scores', 'core_runs', 'paired_difference', 'claims_table',
-           'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
+           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'RUN_KEYS', 'CLAIMS',
+           'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table', 'training_pairs', 'sft_view',
+           'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'benchmark_scores', 'checkpoint_steps',
+           'train_adapter', 'slerp_coefficients', 'merge_adapters', 'run_cell', 'design_cells', 'grid_plan',
+           'score_table', 'final_scores', 'core_runs', 'paired_difference', 'claims_table', 'score_heatmap',
+           'method_gap_heatmap', 'quantity_plot', 'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -437,7 +437,6 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
     return pd.DataFrame(_rows(score(network), int(single[names[0]].name.split("-")[1])))
 
 # %% ../nbs/04a_peft_grid.ipynb #7de90e14
-STUDY_VERSION = 2  # in every cell's key; bump when what a cell computes changes (2: slerp of each layer's deltas)
 _FIXED = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
           "n_eval", "checkpoints"]
 
@@ -446,7 +445,7 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
     """The grid's cells. "full": every combination. "fractional": a core (first dataset, PEFT and rank; every model,
     method, preference and seed; the merges), plus the other datasets, PEFTs and ranks on harmless preferences with
     the first model's family (ranks with the first seed only), plus one start-model evaluation per model."""
-    fixed = dict(study=STUDY, version=STUDY_VERSION, **{k: p[k] for k in _FIXED})
+    fixed = dict(study=STUDY, **{k: p[k] for k in _FIXED})
     models = list(resolve_plan(p["scale"], p["models"])["models"])
     common = dict(model=models, method=p["methods"], merge=["none"])
     if p["design"] == "full":

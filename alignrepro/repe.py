@@ -25,11 +25,11 @@ from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import ToyWorld
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RULES', 'REPE', 'STUDY_VERSION', 'PAPER_DATA', 'R2_LINEAR', 'decoder_layers', 'layer_indices', 'steer',
-           'read_activations', 'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep',
-           'sentiment_words', 'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts',
-           'resolve_plan', 'build_tasks', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan', 'seed_statistics',
-           'forms_table', 'claims_table', 'plot_tradeoff']
+__all__ = ['DEFAULTS', 'RULES', 'REPE', 'PAPER_DATA', 'R2_LINEAR', 'decoder_layers', 'layer_indices', 'steer', 'read_activations',
+           'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep', 'sentiment_words',
+           'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts', 'resolve_plan',
+           'build_tasks', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan', 'seed_statistics', 'forms_table',
+           'claims_table', 'plot_tradeoff']
 
 # %% ../nbs/05a_repe.ipynb #777e86f8
 _LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -357,7 +357,6 @@ def _check(params: dict) -> None:
 REPE = Chapter("repe", DEFAULTS, RULES, _check)  # the chapter's parameters: `REPE.parameters(**given)`
 
 # %% ../nbs/05a_repe.ipynb #bdead85a
-STUDY_VERSION = 1  # bump when a change alters what a run computes, so old runs are not reused
 PAPER_DATA = dict(behaviour="hh_rlhf:harmless", questions="triviaqa:validation")  # alignrepro.data adapters
 
 
@@ -379,7 +378,7 @@ def resolve_plan(params: dict,  # the chapter's checked parameters (`REPE.parame
         else:
             spec, data = ModelSpec(kind="hub", name=p["paper_model"]), dict(PAPER_DATA, reduce="mean")
     fractions, norms, *counts = sweep
-    return dict(version=STUDY_VERSION, scale=scale, model=spec.to_dict(), **data, method=p["method"],
+    return dict(scale=scale, model=spec.to_dict(), **data, method=p["method"],
                 layer_fractions=[float(f) for f in fractions], norms=sorted(float(r) for r in norms),
                 **dict(zip(sizes[2:], counts)), batch_size=p["batch_size"])
 
