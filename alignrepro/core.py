@@ -163,6 +163,8 @@ COMMON_RULES: dict[str, Rule] = {
     "scale": one_of("toy", "small", "paper"),
     "seeds": int_list(min_len=1, lo=0),
     "out_dir": path_like(),
+    "executor": one_of("local", "pool", "submitit", "submitit-local"),  # how replicates run (`alignrepro.grid`)
+    "max_parallel": optional(number(lo=1, integer=True)),  # replicates at once; None: every core for "pool"
 }
 
 
@@ -379,14 +381,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 # %% ../nbs/00_core.ipynb #1bc421ec
-CLAIM_COLUMNS = ["study", "claim_id", "claim", "paper", "measured", "statistic", "verdict"]
+CLAIM_COLUMNS = ["study", "claim_id", "claim", "paper", "scale", "estimate", "ci_low", "ci_high", "n", "unit",
+                 "test", "p_value", "threshold", "verdict", "statistic", "note"]
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
 def write_claims(rows: Iterable[dict] | pd.DataFrame,  # one row per claim with the `CLAIM_COLUMNS`
                  out_dir: str | Path,  # the chapter's output folder
+                 results: pd.DataFrame | None = None,  # the chapter's runs, tidy: written as `results.parquet`
                 ) -> Path:
-    "Check the claims table (columns, verdicts) and write it as `out_dir/claims.csv`."
+    "Check the claims table (columns, verdicts) and write it as `out_dir/claims.csv` (and `results.parquet`)."
     table = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     missing = [c for c in CLAIM_COLUMNS if c not in table.columns]
     if missing:
@@ -397,7 +401,20 @@ def write_claims(rows: Iterable[dict] | pd.DataFrame,  # one row per claim with 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table[CLAIM_COLUMNS].to_csv(out / "claims.csv", index=False)
+    if results is not None:
+        _plain_columns(results).to_parquet(out / "results.parquet", index=False)
     return out / "claims.csv"
+
+
+def _plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    "`frame` with object columns holding lists, dicts or mixed types turned into JSON text (parquet needs one type)."
+    frame = frame.reset_index(drop=True).copy()
+    for column in frame.columns[frame.dtypes == object]:
+        kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if kinds - {str}:
+            frame[column] = [None if v is None else json.dumps(v, default=str) if not isinstance(v, str) else v
+                             for v in frame[column]]
+    return frame
 
 # %% ../nbs/00_core.ipynb #af9f483d
 def save_figure(figure,  # a matplotlib figure

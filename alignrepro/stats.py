@@ -12,11 +12,11 @@ from itertools import product
 import numpy as np
 from scipy import stats
 
-from .core import VERDICTS
+from .core import CLAIM_COLUMNS, VERDICTS
 
 # %% auto #0
-__all__ = ['EXACT_UP_TO', 'MIN_UNITS', 'CLAIM_COLUMNS_V2', 't_interval', 'sign_flip_p', 'claim_verdict', 'ClaimResult',
-           'mean_effect', 'paired_effect', 'equivalence', 'all_of', 'verdict_rates', 'claim_row']
+__all__ = ['EXACT_UP_TO', 'MIN_UNITS', 't_interval', 'sign_flip_p', 'claim_verdict', 'ClaimResult', 'mean_effect',
+           'paired_effect', 'equivalence', 'all_of', 'verdict_rates', 'untested', 'claim_row']
 
 # %% ../nbs/02c_stats.ipynb #2d36dbc7
 def t_interval(values: Sequence[float] | np.ndarray,  # one value per unit; a 2-d array is one study per row
@@ -196,8 +196,12 @@ def verdict_rates(samples: np.ndarray,  # (studies, units): one simulated study 
     return {verdict: float(np.mean(verdicts == verdict)) for verdict in VERDICTS}
 
 # %% ../nbs/02c_stats.ipynb #98f4c323
-CLAIM_COLUMNS_V2 = ["study", "claim_id", "claim", "paper", "scale", "estimate", "ci_low", "ci_high", "n",
-                    "unit", "test", "p_value", "threshold", "verdict", "statistic", "note"]
+def untested(reason: str,  # why the claim cannot be tested here, e.g. "the toy prompt baseline cannot refuse"
+             n: int = 0,  # units that were run
+             ) -> ClaimResult:
+    "An inconclusive `ClaimResult` for a claim that is not applicable at this scale, saying why."
+    nan = float("nan")
+    return ClaimResult(nan, nan, nan, n, "not tested", nan, nan, VERDICTS[2], f"not applicable: {reason}")
 
 
 def claim_row(study: str,  # the chapter, e.g. "elasticity"
@@ -206,12 +210,14 @@ def claim_row(study: str,  # the chapter, e.g. "elasticity"
               paper: str,  # what the paper reports, e.g. "inverse < forward in 27/27 comparisons"
               scale: str,  # "toy", "small" or "paper"
               unit: str,  # what one independent unit is, e.g. "seeds (pre-training re-drawn)"
-              result: ClaimResult,  # from `mean_effect`, `paired_effect`, `equivalence` or `all_of`
+              result: ClaimResult,  # from `mean_effect`, `paired_effect`, `equivalence`, `all_of` or `untested`
+              measured: str = "",  # what was measured, in words (put before the result's note)
               ) -> dict:
-    "One row of claims.csv v2, with the columns of `CLAIM_COLUMNS_V2`."
+    "One row of claims.csv v2, with the columns of `alignrepro.core.CLAIM_COLUMNS`."
     if result.verdict not in VERDICTS:
         raise ValueError(f"result.verdict: got {result.verdict!r}; allowed: {VERDICTS}")
     statistic = f"mean {result.estimate:.3g} [{result.ci_low:.3g}, {result.ci_high:.3g}], n={result.n} {unit}"
+    note = "; ".join(text for text in (measured, result.note) if text)
     values = dict(result.to_dict(), study=study, claim_id=claim_id, claim=claim, paper=paper, scale=scale,
-                  unit=unit, statistic=statistic)
-    return {column: values[column] for column in CLAIM_COLUMNS_V2}
+                  unit=unit, statistic=statistic, note=note)
+    return {column: values[column] for column in CLAIM_COLUMNS}

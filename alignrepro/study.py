@@ -126,7 +126,7 @@ def replicates(study: str,  # the chapter's study name
                seeds: Sequence[int],  # one replicate per seed
                fn: Callable[[dict, RunStore], pd.DataFrame],  # (cell, store) -> the replicate's rows; top-level
                store: RunStore | None = None,  # where results live; default `RunStore()`
-               executor: str = "local",  # "local", "pool", "submitit" (a Slurm job array if found) or "submitit-local"
+               executor: str = "pool",  # "pool", "local", "submitit" (a Slurm job array if found) or "submitit-local"
                max_parallel: int | None = None,  # replicates running at once; None: every core for "pool", else 1
                log: Callable[[str], None] = print,  # where the per-replicate log lines go
               ) -> pd.DataFrame:

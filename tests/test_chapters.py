@@ -1,6 +1,8 @@
 """The chapter contract, for every study chapter from one table: the parameters cell says what the library's
-defaults say; a tiny run of the `papermill` command writes the claims and figures; other seeds move the numbers;
-a bad parameter stops the chapter before any work, with an error naming it."""
+defaults say; a tiny run of the `papermill` command on 3 seeds writes claims.csv v2, results.parquet and the
+figures, and decides nothing (fewer than 5 units); other seeds move the numbers; with the mechanism removed (the
+negative control, 5 seeds) the headline claim is not reproduced; a bad parameter stops the chapter before any
+work, with an error naming it."""
 import ast
 import importlib
 from dataclasses import dataclass, field
@@ -11,24 +13,26 @@ import pandas as pd
 import papermill
 import pytest
 
-from alignrepro.core import VERDICTS, RunStore
+from alignrepro.core import CLAIM_COLUMNS, RunStore
 
 
 @dataclass
 class Contract:
     chapter: str  # "module:Chapter instance"
-    tiny: dict  # tiny parameters (seeds included)
+    tiny: dict  # tiny parameters, seeds [0, 1, 2] (too few units: nothing may be decided)
     other_seeds: list  # a second run's seeds, given with -y: its numbers must differ
     n_claims: int  # rows of claims.csv
     figures: list  # files the chapter saves in out_dir
     bad: dict  # a chapter-specific bad value -> the parameter the error must name
+    headline: str = ""  # the claim_id of the chapter's headline claim
+    negative: dict = field(default_factory=dict)  # parameters laid over `tiny` that remove the mechanism (5 seeds)
     extra: callable = field(default=lambda out_dir: None)  # more checks on the tiny run's out_dir
     moved: callable = field(default=lambda out_dir, other_dir: _numbers_moved(out_dir, other_dir))
 
 
 def _numbers_moved(out_dir: Path, other_dir: Path) -> bool:
-    "Whether another run's claims report other numbers (in `measured` or in `statistic`)."
-    ours, theirs = (pd.read_csv(folder / "claims.csv")[["measured", "statistic"]] for folder in (out_dir, other_dir))
+    "Whether another run's claims report other numbers (in `statistic` or in `note`)."
+    ours, theirs = (pd.read_csv(folder / "claims.csv")[["statistic", "note"]] for folder in (out_dir, other_dir))
     return bool((ours != theirs).any(axis=None))
 
 
@@ -91,13 +95,25 @@ def test_tiny_run_writes_claims_and_other_seeds_move_them(name, run_chapter):
     contract = CHAPTERS[name]
     _, out_dir = run_chapter(name, **contract.tiny)  # every parameter typed as -p NAME VALUE
     claims = pd.read_csv(out_dir / "claims.csv")
-    assert len(claims) == contract.n_claims and claims.claim_id.is_unique and set(claims.verdict) <= set(VERDICTS)
+    assert list(claims.columns) == CLAIM_COLUMNS and len(claims) == contract.n_claims and claims.claim_id.is_unique
+    assert claims.unit.notna().all() and (claims.n <= len(contract.tiny["seeds"])).all(), "every claim's units are seeds"
+    assert set(claims.verdict) == {"inconclusive"}, "3 seeds are fewer than 5 units: nothing may be decided"
+    assert len(pd.read_parquet(out_dir / "results.parquet")) > 0
     for figure in contract.figures:
         assert (out_dir / figure).stat().st_size > 10_000, figure
     contract.extra(out_dir)
     other_parameters = {**contract.tiny, "seeds": contract.other_seeds, "out_dir": str(out_dir.parent / "other")}
     _, other_dir = run_chapter(name, as_yaml=True, **other_parameters)  # all of them as one -y YAML document
     assert contract.moved(out_dir, other_dir), "other seeds gave the same numbers"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_negative_control_does_not_reproduce_the_headline(name, run_chapter):
+    "The mechanism removed, on 5 seeds (enough units for a verdict): the headline claim must not come out reproduced."
+    contract = CHAPTERS[name]
+    _, out_dir = run_chapter(name, **{**contract.tiny, "seeds": [0, 1, 2, 3, 4], **contract.negative})
+    headline = pd.read_csv(out_dir / "claims.csv").set_index("claim_id").loc[contract.headline]
+    assert headline.n == 5 and headline.verdict != "reproduced", headline.to_dict()
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

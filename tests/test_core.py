@@ -6,7 +6,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from alignrepro.core import (COMMON_RULES, ParameterError, RunStore, number, one_of, run_id, seed_everything,
+from alignrepro.core import (CLAIM_COLUMNS, COMMON_RULES, ParameterError, RunStore, number, one_of, run_id, seed_everything,
                              validate, write_claims)
 
 
@@ -140,8 +140,10 @@ def test_seeding_is_bit_identical():
 
 
 def test_write_claims_checks_columns_and_verdicts(tmp_path):
-    row = dict(study="s", claim_id="c1", claim="x", paper="1", measured="2", statistic="n=3", verdict="inconclusive")
-    assert pd.read_csv(write_claims([row], tmp_path)).claim_id.tolist() == ["c1"]
+    row = {column: "" for column in CLAIM_COLUMNS} | dict(study="s", claim_id="c1", n=3, verdict="inconclusive")
+    runs = pd.DataFrame({"seed": [0, 1], "curve": [[0.1, 0.2], {"a": 1}]})
+    assert pd.read_csv(write_claims([row], tmp_path, runs)).claim_id.tolist() == ["c1"]
+    assert pd.read_parquet(tmp_path / "results.parquet").curve.tolist() == ["[0.1, 0.2]", '{"a": 1}']
     with pytest.raises(ValueError, match="verdicts"):
         write_claims([dict(row, verdict="maybe")], tmp_path)
     with pytest.raises(ValueError, match="lacks columns"):

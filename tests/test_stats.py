@@ -6,9 +6,9 @@ from itertools import product
 import numpy as np
 import pytest
 
-from alignrepro.core import VERDICTS
-from alignrepro.stats import (CLAIM_COLUMNS_V2, ClaimResult, all_of, claim_row, claim_verdict, equivalence,
-                              mean_effect, paired_effect, sign_flip_p, t_interval, verdict_rates)
+from alignrepro.core import CLAIM_COLUMNS, VERDICTS
+from alignrepro.stats import (ClaimResult, all_of, claim_row, claim_verdict, equivalence,
+                              mean_effect, paired_effect, sign_flip_p, t_interval, untested, verdict_rates)
 
 REPS = 20_000  # simulated studies per check: 3 Monte Carlo standard errors at 5% are 0.46 points
 BOUND = 0.05  # the most a rule may say "reproduced" when there is no effect
@@ -125,5 +125,7 @@ def test_claim_row_v2():
     result = all_of({"a": mean_effect([0.2, 0.3, 0.25, 0.35, 0.3]), "b": mean_effect([0.1, -0.1, 0.2, 0.0, 0.05])})
     assert isinstance(result, ClaimResult) and result.verdict == "inconclusive" and "b: inconclusive" in result.note
     row = claim_row("demo", "c1", "x grows", "+0.1", "toy", "seeds", result)
-    assert list(row) == CLAIM_COLUMNS_V2 and row["n"] == 5 and row["unit"] == "seeds"
+    assert list(row) == CLAIM_COLUMNS and row["n"] == 5 and row["unit"] == "seeds"
     assert row["statistic"].startswith("mean ") and row["statistic"].endswith("n=5 seeds")
+    untested_row = claim_row("demo", "c2", "x refuses", "+0.3", "toy", "seeds", untested("cannot refuse", 5), "refusals")
+    assert untested_row["verdict"] == "inconclusive" and untested_row["note"] == "refusals; not applicable: cannot refuse"
