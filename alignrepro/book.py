@@ -5,10 +5,12 @@
 # %% ../nbs/07_book.ipynb #56793b02
 from __future__ import annotations
 
+import base64
 import html
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import re
 import shutil
@@ -17,14 +19,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .core import CLAIM_COLUMNS
 
 # %% auto #0
-__all__ = ['GENERATED_PAGES', 'find_project', 'book_outline', 'book_pages', 'strip_directives', 'clean_outputs', 'claims_summary',
-           'claims_page', 'api_page', 'PageResult', 'run_page', 'apply_cell_options', 'render_nbconvert',
-           'render_quarto', 'BookResult', 'build_book', 'readme_text']
+__all__ = ['GENERATED_PAGES', 'VERDICT_COLOURS', 'VERDICT_MEANING', 'find_project', 'book_outline', 'book_pages',
+           'strip_directives', 'clean_outputs', 'claims_summary', 'forest_plot', 'claims_page', 'api_page',
+           'PageResult', 'run_page', 'apply_cell_options', 'render_nbconvert', 'render_quarto', 'BookResult',
+           'build_book', 'readme_text']
 
 # %% ../nbs/07_book.ipynb #e7e41e40
 GENERATED_PAGES = ("claims.ipynb", "api.ipynb")
@@ -119,7 +123,7 @@ def clean_outputs(notebook  # an executed notebook, changed in place and returne
 # %% ../nbs/07_book.ipynb #9b5c18aa
 def claims_summary(out: str | Path  # the book's output folder, with one sub-folder per chapter
                   ) -> pd.DataFrame:
-    "Every chapter's claims.csv under `out`, stacked, with the verdict counts per study."
+    "Every chapter's claims.csv under `out`, stacked, with the columns of `CLAIM_COLUMNS`."
     frames = [pd.read_csv(path) for path in sorted(Path(out).glob("*/claims.csv"))]
     return pd.concat(frames, ignore_index=True)[CLAIM_COLUMNS] if frames else pd.DataFrame(columns=CLAIM_COLUMNS)
 
@@ -130,15 +134,82 @@ def _markdown_page(title: str, blocks: list[str]):
                                     + [nbformat.v4.new_markdown_cell(b) for b in blocks])
 
 
+VERDICT_COLOURS = {"reproduced": "tab:green", "not reproduced": "tab:red", "inconclusive": "tab:gray"}
+
+
+def forest_plot(claims: pd.DataFrame  # `claims_summary` rows
+               ):
+    "One row per claim: its estimate and interval minus its threshold, scaled per claim into [-1, 1]; colour = verdict."
+    from matplotlib.figure import Figure
+    rows = claims.reset_index(drop=True)
+    low, estimate, high = (rows[c].astype(float) - rows.threshold.astype(float) for c in ("ci_low", "estimate", "ci_high"))
+    reach = np.fmax(low.abs(), high.abs()).replace(0, np.nan)  # nan: no interval (untested, or one unit)
+    figure = Figure(figsize=(8, 0.3 * len(rows) + 1.2))
+    axes = figure.subplots()
+    y = np.arange(len(rows))[::-1]
+    for i in range(len(rows)):
+        colour = VERDICT_COLOURS[rows.verdict[i]]
+        if np.isfinite(reach[i]):
+            axes.plot([low[i] / reach[i], high[i] / reach[i]], [y[i]] * 2, color=colour, lw=2)
+            axes.plot(estimate[i] / reach[i], y[i], "o", color=colour)
+        else:
+            axes.text(0.02, y[i], "no interval", va="center", fontsize=7, color=colour)
+    axes.axvline(0, color="black", lw=0.8)
+    axes.set_yticks(y, labels=[f"{s}: {c}" for s, c in zip(rows.study, rows.claim_id)], fontsize=7)
+    axes.set_xlim(-1.1, 1.1)
+    axes.set_xlabel("estimate and interval minus the threshold, each claim scaled to its interval (0 = threshold)")
+    axes.legend(handles=[axes.plot([], [], "o-", color=c, label=v)[0] for v, c in VERDICT_COLOURS.items()],
+                loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.5 / (0.3 * len(rows) + 1.2)), ncol=3, fontsize=8)
+    return figure
+
+
+def _png_data_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+_SORT_SCRIPT = """<script>
+document.querySelectorAll("table.claims-table").forEach(function (table) {
+  table.querySelectorAll("thead th").forEach(function (th, column) {
+    th.style.cursor = "pointer"; th.title = "click to sort";
+    th.addEventListener("click", function () {
+      var body = table.tBodies[0], rows = Array.from(body.rows), up = th.dataset.order !== "up";
+      th.dataset.order = up ? "up" : "down";
+      rows.sort(function (a, b) {
+        var x = a.cells[column].textContent, y = b.cells[column].textContent, nx = parseFloat(x), ny = parseFloat(y);
+        var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return up ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+</script>"""
+
+VERDICT_MEANING = (
+    "Each row is one claim of a paper, with the verdict its chapter computed from its own runs. A verdict is a "
+    "statement about *n* independent units (seeds that re-draw everything on the claim's path, pre-training "
+    "included): the mean effect over the units with its 95% Student-t interval, judged against a threshold fixed "
+    "before the run (from the paper, or stated in the chapter). **Reproduced**: the interval lies on the claimed "
+    "side of the threshold (for a claim of no difference: inside the margin). **Not reproduced**: it lies on the "
+    "other side (outside the margin). **Inconclusive**: the interval crosses the threshold, or there are fewer "
+    "than 5 units, or the interval has zero width, or the claim cannot be tested at that scale; the note says "
+    "which. The p-value is the exact sign-flip test of the mean against the threshold.")
+
+
 def claims_page(out: str | Path):
-    "The claims summary page: a table of every claim with its verdict, and the counts per study."
+    "The claims page: what a verdict means, the counts per study, a forest plot and a sortable table of every claim."
     claims = claims_summary(out)
     if claims.empty:
         return _markdown_page("Claims summary", ["No chapter has written claims.csv yet."])
     counts = claims.pivot_table(index="study", columns="verdict", values="claim_id", aggfunc="count", fill_value=0)
+    shown = claims.drop(columns=["statistic", "test"])
+    table = shown.to_html(index=False, escape=True, classes="claims-table", float_format=lambda v: f"{v:.3g}")
     return _markdown_page("Claims summary", [
-        "Each row is one claim of a paper, with the verdict computed by its chapter from its own runs.",
-        counts.to_html(), claims.to_html(index=False, escape=True)])
+        VERDICT_MEANING, counts.to_html(),
+        f'<img src="{_png_data_uri(forest_plot(claims))}" alt="every claim\'s interval against its threshold">',
+        "Click a column's header to sort by it.", table + "\n" + _SORT_SCRIPT])
 
 
 def api_page(modules: list[str]  # module names, e.g. ["alignrepro.core"]

@@ -98,7 +98,7 @@ def _claims(args) -> int:
         print(f"no claims.csv under {args.out}: build the book first (alignrepro book --out {args.out})", file=sys.stderr)
         return 1
     with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(table.drop(columns=[c for c in ("claim", "paper") if c in table.columns]).to_string(index=False))
+        print(table[["study", "claim_id", "scale", "statistic", "p_value", "verdict"]].to_string(index=False))
     if args.csv:
         table.to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")

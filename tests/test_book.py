@@ -55,8 +55,9 @@ def make_project(root: Path) -> Path:
     nbformat.write(chapter(
         "#| code-fold: true\n#| export\nfrom alignrepro.core import write_claims  # SETUP-CELL\nassert n == 3, n",
         "#| hide\nsecret = 'HIDDEN-CELL'", NOISE,
-        "write_claims([dict(study='dummy', claim_id='d1', claim='n is three', paper='3', measured=str(n), "
-        "statistic='exact', verdict='reproduced')], out_dir)"), nbs / "01_dummy.ipynb")
+        "from alignrepro.stats import claim_row, mean_effect\n"
+        "write_claims([claim_row('dummy', 'd1', 'n is three', '3', 'toy', 'seeds', mean_effect([n - 3] * 5, 'equivalent', "
+        "margin=0.5), measured=str(n))], out_dir)"), nbs / "01_dummy.ipynb")
     nbformat.write(chapter("raise ValueError('deliberate failure in the broken chapter')"), nbs / "02_broken.ipynb")
     return root
 
@@ -101,8 +102,8 @@ def test_book_runs_chapters_and_reports_the_broken_one(built):
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the broken chapter fails the build
     assert "deliberate failure in the broken chapter" in proc.stdout
     assert "1 failed, 1 executed" in proc.stdout
-    assert pd.read_csv(out / "01_dummy" / "claims.csv").measured.tolist() == [3]
-    assert "n is three" in body(out / "_book" / "claims.html")
+    assert pd.read_csv(out / "01_dummy" / "claims.csv").note.tolist() == ["3; zero-width interval: all values equal"]
+    assert "n is three" in body(out / "_book" / "claims.html") and "data:image/png;base64," in body(out / "_book" / "claims.html")
     assert "deliberate failure in the broken chapter" in body(out / "_book" / "02_broken.html")  # errors stay
 
 
