@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #99be289a
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
@@ -270,6 +272,17 @@ def _remove_stale(folder: Path) -> None:
         except (ValueError, PermissionError):
             pass
 
+
+@contextmanager
+def _exclusive(path: Path):
+    "Hold an exclusive lock on the file `path` (POSIX `flock`) while the block runs: one builder at a time."
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
 # %% ../nbs/00_core.ipynb #89ccfc61
 class RunStore:
     "Runs keyed by their parameters: results as parquet tables, artefacts as folders, all written atomically."
@@ -323,6 +336,13 @@ class RunStore:
         if final.exists() and not force:
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(final.parent / "build.lock"):  # parallel grid cells wait for one build, then share it
+            if final.exists() and not force:
+                return final
+            return self._build(params, build, final, force)
+
+    def _build(self, params: dict, build: Callable[[Path], None], final: Path, force: bool) -> Path:
+        "Build the artefact into a temporary folder, then rename it to `final` (the caller holds the build lock)."
         _remove_stale(final.parent)
         tmp, started = Path(tempfile.mkdtemp(prefix=_temporary_prefix() + "artifact.", dir=final.parent)), time.time()
         try:
@@ -331,11 +351,7 @@ class RunStore:
             _atomic_write_text(final.parent / "provenance.json", json.dumps(provenance(started), indent=1))
             if final.exists() and force:
                 shutil.rmtree(final)
-            try:
-                os.replace(tmp, final)
-            except OSError:  # another worker (a parallel grid cell) built it meanwhile: keep theirs, which may be in use
-                if not final.exists():
-                    raise
+            os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

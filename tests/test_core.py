@@ -1,7 +1,12 @@
 """The run store, parameter validation and the claims file."""
+import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -79,18 +84,27 @@ def test_artifact_built_once(tmp_path):
     assert first == second and (first / "w.bin").read_bytes() == b"123" and len(calls) == 1
 
 
-def test_artifact_built_by_two_workers_at_once_keeps_the_first(tmp_path):
-    "Parallel grid cells may build the same start model: the one that finishes second must not delete the first's."
-    store, params = RunStore(tmp_path), {"study": "m", "size": "xs"}
+def _build_slowly(folder):
+    "A build that takes a while and counts its calls in a file beside the store."
+    with open(folder.parents[3] / "builds.txt", "a") as calls:
+        calls.write("built\n")
+    time.sleep(1.0)
+    (folder / "who").write_text(str(os.getpid()))
 
-    def slow(folder):
-        (folder / "who").write_text("second")
-        store.artifact(params, lambda other: (other / "who").write_text("first"))  # another worker finishes meanwhile
 
-    final = store.artifact(params, slow)
-    assert (final / "who").read_text() == "first" and sorted(p.name for p in final.parent.iterdir()) == [
-        "artifact", "params.json", "provenance.json"]
-    rebuilt = store.artifact(params, lambda folder: (folder / "who").write_text("forced"), force=True)
+def _build_in_worker(root):
+    return str(RunStore(root).artifact({"study": "m", "size": "xs"}, _build_slowly))
+
+
+def test_artifact_wanted_by_two_workers_at_once_is_built_once(tmp_path):
+    "Parallel grid cells may want the same start model at once: one builds it, the other waits and shares it."
+    root = tmp_path / "store"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        paths = list(pool.map(_build_in_worker, [root, root]))
+    assert paths[0] == paths[1] and (tmp_path / "builds.txt").read_text() == "built\n"
+    assert sorted(p.name for p in Path(paths[0]).parent.iterdir()) == ["artifact", "build.lock", "params.json",
+                                                                       "provenance.json"]
+    rebuilt = RunStore(root).artifact({"study": "m", "size": "xs"}, lambda f: (f / "who").write_text("forced"), force=True)
     assert (rebuilt / "who").read_text() == "forced"
 
 
@@ -113,10 +127,13 @@ def test_failed_artifact_build_leaves_nothing(tmp_path):
     ("out_dir", "", "'out_dir'"),
     ("lr", -1.0, "'lr': got -1.0; allowed: a number >= 0"),
     ("mode", "sideways", "'mode'"),
+    ("executor", "threads", "allowed: one of 'local', 'pool', 'submitit', 'submitit-local'"),
+    ("max_parallel", 0, "'max_parallel'"),
 ])
 def test_validation_names_parameter_and_allowed_values(name, value, needle):
     rules = {**COMMON_RULES, "lr": number(lo=0), "mode": one_of("up", "down")}
-    params = {"scale": "toy", "seeds": [0, 1, 2], "out_dir": "out", "lr": 0.1, "mode": "up"}
+    params = {"scale": "toy", "seeds": [0, 1, 2], "out_dir": "out", "executor": "pool", "max_parallel": None, "lr": 0.1,
+              "mode": "up"}
     assert validate(params, rules) == params
     with pytest.raises(ParameterError, match=f"'{name}'") as error:
         validate({**params, name: value}, rules)
@@ -125,9 +142,10 @@ def test_validation_names_parameter_and_allowed_values(name, value, needle):
 
 def test_validation_rejects_unknown_and_missing_names():
     with pytest.raises(ParameterError, match="unknown parameter 'sede'"):
-        validate({"scale": "toy", "seeds": [0], "out_dir": "o", "sede": 1}, COMMON_RULES)
+        validate({"scale": "toy", "seeds": [0], "out_dir": "o", "executor": "pool", "max_parallel": 2, "sede": 1},
+                 COMMON_RULES)
     with pytest.raises(ParameterError, match="'out_dir' is missing"):
-        validate({"scale": "toy", "seeds": [0]}, COMMON_RULES)
+        validate({"scale": "toy", "seeds": [0], "executor": "local", "max_parallel": None}, COMMON_RULES)
 
 
 def test_seeding_is_bit_identical():
