@@ -28,7 +28,7 @@ def replicate(cell: dict, store: RunStore) -> pd.DataFrame:
     "One seed's replicate: pre-train the toy model with the seed, then its final loss and a weight checksum."
     toy = pretrained(ModelSpec(size=cell["size"], n_tokens=cell["n_tokens"]).for_seed(cell["seed"]), store)
     model, _ = toy.load(device="cpu")
-    checksum = float(sum(p.double().sum() for p in model.parameters()))
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     return pd.DataFrame([dict(final_loss=float(toy.log.loss.iloc[-1]), checksum=checksum)])
 
 
