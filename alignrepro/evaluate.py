@@ -10,7 +10,6 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from itertools import product
 
 import numpy as np
 import pandas as pd
@@ -19,12 +18,9 @@ from scipy import stats
 from scipy.optimize import curve_fit
 from tqdm.auto import tqdm
 
-from .core import CLAIM_COLUMNS, VERDICTS
-
 # %% auto #0
 __all__ = ['FORMS', 'pad_batch', 'padding_id', 'encode_pairs', 'completion_logprobs', 'next_token_probs', 'kl_divergence',
-           'sample', 'vader_sentiment', 'bootstrap_ci', 'paired_test', 'spearman_by_group', 'fit_polynomial',
-           'fit_saturating', 'compare_forms', 'verdict', 'verdict_from_values', 'sign_verdict', 'claim_row']
+           'sample', 'vader_sentiment', 'spearman_by_group', 'fit_polynomial', 'fit_saturating', 'compare_forms']
 
 # %% ../nbs/02b_evaluate.ipynb #7062f4df
 def pad_batch(rows: list[list[int]],  # token ids of each sequence
@@ -317,68 +313,6 @@ def vader_sentiment(texts: Sequence[str]  # texts to score
     "VADER compound sentiment of each text, in [-1, 1] (positive above 0)."
     return np.array([_vader().polarity_scores(t)["compound"] for t in texts], dtype=float)
 
-# %% ../nbs/02b_evaluate.ipynb #89cf0d73
-def bootstrap_ci(values: Sequence[float],  # one measurement per seed / prompt / cell
-                 stat: Callable[[np.ndarray], float] = np.mean,  # the statistic, e.g. np.mean or np.median
-                 n_boot: int = 2000,  # bootstrap resamples
-                 alpha: float = 0.05,  # 1 - confidence level
-                 seed: int = 0,  # seed of the resampling
-                 method: str = "percentile",  # "percentile" bootstrap, or "t" (Student-t, for the mean only)
-                 ) -> tuple[float, float, float]:
-    "`(estimate, low, high)`: the statistic of `values` and its `1 - alpha` confidence interval."
-    values = np.asarray(values, dtype=float)
-    if values.ndim != 1 or len(values) == 0:
-        raise ValueError(f"values: need a non-empty 1-d sequence, got shape {values.shape}")
-    estimate = float(stat(values))
-    if len(values) == 1:
-        return estimate, estimate, estimate
-    if method == "t":
-        if stat is not np.mean:
-            raise ValueError("method='t' is the interval of the mean: pass stat=np.mean")
-        half = stats.t.ppf(1 - alpha / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-        return estimate, estimate - half, estimate + half
-    if method != "percentile":
-        raise ValueError(f"method: got {method!r}; allowed: 'percentile', 't'")
-    resamples = values[np.random.default_rng(seed).integers(0, len(values), (n_boot, len(values)))]
-    boot = np.array([stat(r) for r in resamples])
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return estimate, float(low), float(high)
-
-# %% ../nbs/02b_evaluate.ipynb #c770e1a2
-def _sign_flip_p(diffs: np.ndarray, n_perm: int, seed: int) -> float:
-    "Two-sided sign-flip permutation p-value of the mean of `diffs`."
-    if len(diffs) <= 16:
-        signs = np.array(list(product((1.0, -1.0), repeat=len(diffs))))
-    else:
-        signs = np.random.default_rng(seed).choice((1.0, -1.0), (n_perm, len(diffs)))
-    flipped = np.abs((signs * diffs).mean(1))
-    extreme = (flipped >= abs(diffs.mean()) - 1e-12).sum()
-    return float(extreme / len(signs)) if len(diffs) <= 16 else float((extreme + 1) / (n_perm + 1))
-
-
-def paired_test(a: Sequence[float],  # measurements under condition A, one per seed / prompt
-                b: Sequence[float],  # the same units under condition B
-                method: str = "permutation",  # "permutation" (sign-flip) or "t" (paired t-test)
-                alpha: float = 0.05,  # 1 - confidence level of the interval
-                seed: int = 0,  # seed of the bootstrap and of sampled sign patterns
-                n_perm: int = 10_000,  # sign patterns sampled when n > 16
-                ) -> dict:
-    "Paired comparison of `a - b`: `mean_diff`, `ci_low`, `ci_high`, `n_pos` (a > b), `n` and `p_value`."
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"a and b: need equal-length non-empty 1-d sequences, got {a.shape} and {b.shape}")
-    diffs = a - b
-    if method == "permutation":
-        p_value = _sign_flip_p(diffs, n_perm, seed)
-        estimate, low, high = bootstrap_ci(diffs, alpha=alpha, seed=seed)
-    elif method == "t":
-        p_value = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else float("nan")
-        estimate, low, high = bootstrap_ci(diffs, alpha=alpha, method="t")
-    else:
-        raise ValueError(f"method: got {method!r}; allowed: 'permutation', 't'")
-    return dict(mean_diff=estimate, ci_low=low, ci_high=high, n_pos=int((diffs > 0).sum()), n=len(diffs),
-                p_value=p_value)
-
 # %% ../nbs/02b_evaluate.ipynb #6db2ad47
 def spearman_by_group(frame: pd.DataFrame,  # tidy results, one row per measurement
                       x: str,  # column of the first variable (e.g. model size)
@@ -471,78 +405,3 @@ def compare_forms(x: Sequence[float],  # the predictor
     table = pd.DataFrame(rows).set_index("form")
     table["delta_aic"] = table["aic"] - table["aic"].min()
     return table
-
-# %% ../nbs/02b_evaluate.ipynb #6fe7e3e3
-def _fmt(value: float) -> str:
-    "A number in 3 decimals, or 3 significant digits when very small or large."
-    return f"{value:.3f}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.3g}"
-
-
-def verdict(estimate: float,  # the measured effect
-            ci_low: float,  # lower end of its confidence interval
-            ci_high: float,  # upper end
-            expected: str = "positive",  # the paper's claim: the effect is "positive" or "negative" (vs threshold)
-            threshold: float = 0.0,  # the value the effect is compared with
-            n: int | None = None,  # number of independent units behind the interval
-            unit: str = "seeds",  # what the units are
-            label: str = "mean",  # name of the statistic in the text
-            ) -> dict:
-    "`{'verdict', 'statistic'}`: reproduced / not reproduced / inconclusive from where the interval lies."
-    if expected not in ("positive", "negative"):
-        raise ValueError(f"expected: got {expected!r}; allowed: 'positive', 'negative'")
-    above, below = ci_low > threshold, ci_high < threshold  # NaN compares False: inconclusive
-    on_expected, on_other = (above, below) if expected == "positive" else (below, above)
-    result = VERDICTS[0] if on_expected else VERDICTS[1] if on_other else VERDICTS[2]
-    text = f"{label} {_fmt(estimate)} [{_fmt(ci_low)}, {_fmt(ci_high)}]"
-    text += f", n={n} {unit}" if n is not None else ""
-    text += f", threshold {_fmt(threshold)}" if threshold != 0 else ""
-    return dict(verdict=result, statistic=text)
-
-
-def verdict_from_values(values: Sequence[float],  # the effect measured once per unit (seed, prompt, cell)
-                        expected: str = "positive",  # the claimed side of the threshold
-                        threshold: float = 0.0,  # the value the effect is compared with
-                        unit: str = "seeds",  # what the units are
-                        method: str = "percentile",  # interval method of `bootstrap_ci`
-                        alpha: float = 0.05,  # 1 - confidence level
-                        seed: int = 0,  # bootstrap seed
-                        ) -> dict:
-    "`verdict` on the mean of `values` with its `bootstrap_ci`; also returns `estimate`, `ci_low`, `ci_high`, `n`."
-    estimate, low, high = bootstrap_ci(values, alpha=alpha, seed=seed, method=method)
-    return dict(verdict(estimate, low, high, expected, threshold, n=len(values), unit=unit),
-                estimate=estimate, ci_low=low, ci_high=high, n=len(values))
-
-
-def sign_verdict(values: Sequence[float],  # the effect per unit, e.g. DPO minus SFT per grid cell
-                 expected: str = "positive",  # the claimed side of the threshold
-                 threshold: float = 0.0,  # the value each effect is compared with
-                 unit: str = "cells",  # what the units are
-                 alpha: float = 0.05,  # 1 - confidence level of the share's interval
-                 ) -> dict:
-    "Sign-consistency verdict: the share of units on the claimed side (ties dropped) and its exact interval vs 1/2."
-    values = np.asarray(values, dtype=float)
-    hits = int((values > threshold).sum() if expected == "positive" else (values < threshold).sum())
-    n = int((values != threshold).sum())
-    if n == 0:
-        return dict(verdict=VERDICTS[2], statistic=f"0 of {len(values)} {unit} differ from {_fmt(threshold)}")
-    interval = stats.binomtest(hits, n).proportion_ci(confidence_level=1 - alpha, method="exact")
-    result = verdict(hits / n, interval.low, interval.high, "positive", 0.5)
-    side = "above" if expected == "positive" else "below"
-    text = (f"{hits}/{n} {unit} {side} {_fmt(threshold)}, share {_fmt(hits / n)} "
-            f"[{_fmt(interval.low)}, {_fmt(interval.high)}]")
-    return dict(verdict=result["verdict"], statistic=text)
-
-
-def claim_row(study: str,  # the chapter, e.g. "elasticity"
-              claim_id: str,  # short id, e.g. "rebound"
-              claim: str,  # the paper's claim in one sentence
-              paper: str,  # what the paper reports, e.g. "inverse < forward in 27/27"
-              measured: str,  # what this run measured, in words
-              stat_dict: dict,  # the output of `verdict` (or `verdict_from_values`, `sign_verdict`)
-              ) -> dict:
-    "One row of claims.csv, with the columns of `alignrepro.core.CLAIM_COLUMNS`."
-    if stat_dict.get("verdict") not in VERDICTS:
-        raise ValueError(f"stat_dict['verdict']: got {stat_dict.get('verdict')!r}; allowed: {VERDICTS}")
-    values = dict(study=study, claim_id=claim_id, claim=claim, paper=paper, measured=measured,
-                  statistic=stat_dict["statistic"], verdict=stat_dict["verdict"])
-    return {column: values[column] for column in CLAIM_COLUMNS}

@@ -19,8 +19,10 @@ from peft import PeftModel
 from transformers import TrainerCallback
 
 from .align import dpo, preset, quantize_4bit, sft
-from .core import COMMON_RULES, Rule, RunStore, int_list, list_of, number, one_of, save_figure, seed_everything
-from .evaluate import claim_row, completion_logprobs, sample, sign_verdict, verdict_from_values
+from .core import (COMMON_RULES, Rule, RunStore, boolean, int_list, list_of, number, one_of, save_figure,
+                             seed_everything)
+from .evaluate import completion_logprobs, sample
+from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
 from .grid import grid_cells
 from .study import Chapter, ModelSpec, load, pretrained
 from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS, REFUSALS, ToyWorld, WorldConfig
@@ -28,11 +30,11 @@ from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS
 # %% auto #0
 __all__ = ['STUDY', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
            'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'RUN_KEYS', 'CLAIMS',
-           'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table', 'training_pairs', 'sft_view',
-           'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'benchmark_scores', 'checkpoint_steps',
-           'train_adapter', 'slerp_coefficients', 'merge_adapters', 'run_cell', 'design_cells', 'grid_plan',
-           'score_table', 'final_scores', 'core_runs', 'paired_difference', 'claims_table', 'score_heatmap',
-           'method_gap_heatmap', 'quantity_plot', 'merge_plot']
+           'UNIT', 'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table',
+           'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
+           'eval_sets', 'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters',
+           'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores', 'core_runs', 'paired_difference',
+           'per_seed', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -43,7 +45,7 @@ DATASETS = {"beavertails": BEAVERTAILS_LIKE, "hh-rlhf": HH_LIKE}  # toy preferen
 PREFERENCES = ("harmless", "helpful", "mix")
 METHODS, PEFTS = ("sft", "dpo"), ("lora", "qlora")
 MERGES = ("dare_ties", "slerp", "dare_all")  # of the harmless and helpful adapters; dare_all: of both datasets' (four)
-FAMILY_SEEDS = {"llama": 0, "mistral": 1}  # pre-training seeds: the two families differ in weights and data order
+FAMILY_SEEDS = {"llama": 0, "mistral": 1}  # pre-training seed offsets: the two families never share weights or data order
 SYSTEM_LINES = {"llama": "you can ask a friend for help .", "mistral": ""}  # Vicuna-like system line vs bare [INST]
 BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out task exact match",
               "alpaca": "win rate vs reference answers", "toxicity": "1 - P(harmful answer) on harmful requests",
@@ -53,13 +55,19 @@ HELPFUL, HARMLESS = ("mmlu", "bbh", "alpaca"), ("toxicity", "redinstruct")
 def _family(model: str) -> str:
     return model.split("-")[0]
 
+def pretrain_seed(family: str,  # "llama" or "mistral"
+                  seed: int,  # the replicate seed
+                 ) -> int:
+    "The pre-training seed of a family's base model in one replicate: every replicate re-draws every model."
+    return len(FAMILY_SEEDS) * seed + FAMILY_SEEDS[family]
+
 # %% ../nbs/04a_peft_grid.ipynb #bea3d320
 DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
-    scale="toy", seeds=[0, 1, 2], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
+    scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
     pretrain_tokens=300_000, instruct_steps=60, datasets=list(DATASETS), preferences=list(PREFERENCES),
     methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8, 4], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
-    executor="local", max_parallel=1)
+    shuffle_preferences=False, executor="pool", max_parallel=None)
 
 def _first_is(value: str, rule_values) -> Rule:
     return Rule(f"a non-empty list from {', '.join(map(repr, rule_values))}; the first must be {value!r}",
@@ -76,7 +84,7 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
          "checkpoints": Rule("a non-empty list of fractions in (0, 1]", lambda v: isinstance(v, (list, tuple))
                              and len(v) > 0 and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v)),
          "world_seed": number(lo=0, integer=True), "design": one_of("fractional", "full"),
-         "executor": one_of("local", "submitit", "submitit-local"), "max_parallel": number(lo=1, integer=True)}
+         "shuffle_preferences": boolean()}
 
 PEFT_GRID = Chapter(STUDY, DEFAULTS, RULES)  # `PEFT_GRID.parameters(**given)`: the defaults, `given` laid over, checked
 
@@ -90,6 +98,7 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
                  lr: float = 5e-3,  # learning rate of SFT and DPO at toy / small scale (the paper: presets)
                  batch_size: int = 8,  # sequences per step (the paper: 16)
                  world_seed: int = 0,  # toy: the world the base models are pre-trained on
+                 seed: int = 0,  # toy: the replicate; each replicate pre-trains (and instruct-tunes) its own models
                 ) -> dict:
     """The resolved plan of a scale: each model's spec (an instruct sibling: its base's spec and SFT steps), the
     data source of each dataset, the recipes, and the device models load on (None: the best available)."""
@@ -109,7 +118,7 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
         return dict(scale=scale, device="cpu", models={"smollm2-instruct": dict(spec=ModelSpec(kind="smollm2").to_dict())},
                     data=data, recipes=recipes, ranks=None)
     base = lambda m: ModelSpec(size=size, arch=_family(m), world=dict(seed=world_seed), n_tokens=pretrain_tokens,
-                               seed=FAMILY_SEEDS[_family(m)]).to_dict()
+                               seed=pretrain_seed(_family(m), seed)).to_dict()
     resolved = {m: dict(spec=base(m)) if m.endswith("base") else dict(base=base(m), instruct_steps=instruct_steps)
                 for m in (models or MODELS)}
     return dict(scale=scale, device="cpu", models=resolved, data=data, recipes=recipes, ranks=None)
@@ -179,6 +188,14 @@ def _hub_pairs(adapter: str, preference: str) -> Dataset:
     size = min(len(h) for h in halves)
     return concatenate_datasets([h.select(range(size)) for h in halves])
 
+def shuffle_labels(pairs: Dataset,  # preference pairs `prompt`/`chosen`/`rejected`
+                   seed: int,  # which pairs are swapped
+                  ) -> Dataset:
+    "The negative control: each pair's chosen and rejected answers swapped with probability 1/2, so labels carry no preference."
+    swap = np.random.default_rng([seed, 12]).random(len(pairs)) < 0.5
+    return pairs.map(lambda row, i: {"chosen": row["rejected" if swap[i] else "chosen"],
+                                     "rejected": row["chosen" if swap[i] else "rejected"]}, with_indices=True)
+
 def training_pairs(plan: dict,  # `resolve_plan`'s plan
                    world: ToyWorld,  # the toy world (toy and small scales)
                    data: str,  # a dataset name of `DATASETS`
@@ -186,12 +203,15 @@ def training_pairs(plan: dict,  # `resolve_plan`'s plan
                    n: int,  # pairs (toy and small scales; paper scale keeps the whole dataset)
                    model: str,  # whose chat template the prompts use
                    seed: int = 0,  # sampling seed
+                   shuffle: bool = False,  # negative control: swap chosen and rejected at random (`shuffle_labels`)
                   ) -> Dataset:
     "The preference pairs one run trains on: the world's views, or at paper scale the hub datasets, shuffled by seed."
     source = plan["data"][data]
     if source["source"] == "hub":
-        return _hub_pairs(source["adapter"], preference).shuffle(seed=seed)
-    return preference_data(world, data, preference, n, model, seed)
+        pairs = _hub_pairs(source["adapter"], preference).shuffle(seed=seed)
+    else:
+        pairs = preference_data(world, data, preference, n, model, seed)
+    return shuffle_labels(pairs, seed) if shuffle else pairs
 
 # %% ../nbs/04a_peft_grid.ipynb #b7cad3f8
 def sft_view(pairs: Dataset,  # preference pairs `prompt`/`chosen`/`rejected`
@@ -221,12 +241,14 @@ def instruct_sibling(base: ModelSpec,  # the toy base model's spec
                     ) -> Path:
     "The folder of an 'instruct' sibling: the base after `steps` of full SFT on the instruction mix; built once."
     params = dict(study=f"{STUDY}_instruct", world=asdict(base.world_config()),
-                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps)
+                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps,
+                  data_seed=base.seed)  # the instruction data and order are re-drawn with the base model
 
     def build(folder: Path) -> None:
         network, tokenizer = load(base, store)
-        data = instruction_data(ToyWorld(base.world_config()), steps * 8, model)
-        tuned, _ = sft(network, tokenizer, data, preset("cpu_sft", max_steps=steps, learning_rate=2e-3), peft="none")
+        data = instruction_data(ToyWorld(base.world_config()), steps * 8, model, seed=base.seed)
+        recipe = preset("cpu_sft", max_steps=steps, learning_rate=2e-3, seed=base.seed, data_seed=base.seed)
+        tuned, _ = sft(network, tokenizer, data, recipe, peft="none")
         tuned.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return store.artifact(params, build)
@@ -329,7 +351,7 @@ def checkpoint_steps(steps: int,  # training steps of the run
 def _plan(cell: dict) -> dict:
     "The plan of one grid cell's model."
     return resolve_plan(cell["scale"], [cell["model"]], cell["size"], cell["pretrain_tokens"], cell["instruct_steps"],
-                        cell["steps"], cell["lr"], cell["batch_size"], cell["world_seed"])
+                        cell["steps"], cell["lr"], cell["batch_size"], cell["world_seed"], cell["seed"])
 
 def _recipe(plan: dict, method: str, seed: int, rank: int):
     recipe = dict(plan["recipes"][method])
@@ -340,14 +362,14 @@ def train_adapter(cell: dict,  # an adapter cell of the grid (model, data, prefe
                  ) -> Path:
     "The folder of a trained adapter, one sub-folder `step-NNNNN` per checkpoint; trained once, then cached."
     keys = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
-            "checkpoints", "model", "data", "preference", "method", "peft", "rank", "seed"]
+            "checkpoints", "model", "data", "preference", "method", "peft", "rank", "seed", "shuffle_preferences"]
     params = dict(study=f"{STUDY}_adapter", **{k: cell[k] for k in keys})
 
     def build(folder: Path) -> None:
         plan = _plan(cell)
         model, tokenizer = load(start_spec(plan, cell["model"], store), store, device=plan["device"])
         pairs = training_pairs(plan, ToyWorld(WorldConfig(seed=cell["world_seed"])), cell["data"], cell["preference"],
-                               cell["n_train"], cell["model"], seed=cell["seed"])
+                               cell["n_train"], cell["model"], seed=cell["seed"], shuffle=cell["shuffle_preferences"])
         recipe = _recipe(plan, cell["method"], cell["seed"], cell["rank"])
         saver = _SaveAdapters(folder, checkpoint_steps(recipe.config.max_steps, cell["checkpoints"]))
         train = sft if cell["method"] == "sft" else dpo
@@ -438,31 +460,36 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
 
 # %% ../nbs/04a_peft_grid.ipynb #7de90e14
 _FIXED = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
-          "n_eval", "checkpoints"]
+          "n_eval", "checkpoints", "shuffle_preferences"]
 
 def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters`)
                 ) -> list[dict]:
     """The grid's cells. "full": every combination. "fractional": a core (first dataset, PEFT and rank; every model,
-    method, preference and seed; the merges), plus the other datasets, PEFTs and ranks on harmless preferences with
-    the first model's family (ranks with the first seed only), plus one start-model evaluation per model."""
+    method, preference and seed; the two-adapter merges), plus the other datasets, PEFTs and the all-four merge on
+    harmless preferences with the first model's family (other ranks with the first seed only), plus one start-model
+    evaluation per model and seed (each replicate pre-trains its own models). Start models come first, base models
+    before their instruct siblings, so that parallel workers build each pre-trained model once."""
     fixed = dict(study=STUDY, **{k: p[k] for k in _FIXED})
     models = list(resolve_plan(p["scale"], p["models"])["models"])
     common = dict(model=models, method=p["methods"], merge=["none"])
+    pair = ["harmless+helpful"]
     if p["design"] == "full":
         blocks = [dict(common, data=p["datasets"], preference=p["preferences"], peft=p["pefts"], rank=p["ranks"],
                        seed=p["seeds"])]
-        merges = dict(blocks[0], preference=["harmless+helpful"], merge=p["merges"])
+        merges = [dict(blocks[0], preference=pair, merge=p["merges"])]
     else:
         core = dict(data=p["datasets"][:1], peft=p["pefts"][:1], rank=p["ranks"][:1])
         harmless = dict(common, **core, preference=["harmless"], seed=p["seeds"])
         side = dict(harmless, model=[m for m in models if _family(m) == _family(models[0])])  # one family's base + instruct
         blocks = [dict(harmless, preference=p["preferences"]), dict(side, data=p["datasets"][1:]),
                   dict(side, peft=p["pefts"][1:]), dict(side, rank=p["ranks"][1:], seed=p["seeds"][:1])]
-        merges = dict(blocks[0], preference=["harmless+helpful"], merge=p["merges"])
+        merges = [dict(blocks[0], preference=pair, merge=[m for m in p["merges"] if m != "dare_all"]),
+                  dict(side, preference=pair, merge=[m for m in p["merges"] if m == "dare_all"])]
     has_pair = {"harmless", "helpful"} <= set(p["preferences"])
-    start = dict(model=models, method=["none"], merge=["none"], data=["none"], preference=["none"], peft=["none"],
-                 rank=[0], seed=[0])
-    cells = [c for block in [start, *blocks, *([merges] if has_pair else [])] for c in grid_cells(fixed, block)]
+    start = [dict(model=[m for m in models if not m.endswith("instruct")], method=["none"], merge=["none"],
+                  data=["none"], preference=["none"], peft=["none"], rank=[0], seed=p["seeds"])]
+    start.append(dict(start[0], model=[m for m in models if m.endswith("instruct")]))
+    cells = [c for block in [*start, *blocks, *(merges if has_pair else [])] for c in grid_cells(fixed, block)]
     return list({json.dumps(c, sort_keys=True): c for c in cells}.values())  # drop repeats, keep order
 
 # %% ../nbs/04a_peft_grid.ipynb #abb95692
@@ -516,16 +543,20 @@ def paired_difference(frame: pd.DataFrame,  # runs, one row each
         return pd.Series(dtype=float)
     return (wide[a] - wide[b]).dropna()
 
+def per_seed(values: pd.Series,  # values indexed by (..., seed, ...): cells, runs, prompts
+            ) -> pd.Series:
+    "The mean of each seed's values, indexed by seed: every claim's unit is the replicate seed, never a cell."
+    if values.empty:
+        return pd.Series(dtype=float)
+    return values.groupby(level="seed").mean()
+
 def _mean_text(values: pd.Series) -> str:
     return f"{values.mean():+.3f}" if len(values) else "n/a"
 
-def _not_run(reason: str) -> dict:
-    return dict(verdict="inconclusive", statistic=f"not measured: {reason}")
-
-def _values_verdict(values: pd.Series, expected: str, unit: str) -> dict:
-    if len(values) < 2:
-        return _not_run(f"{len(values)} paired unit(s)")
-    return verdict_from_values(values.to_numpy(), expected, unit=unit)
+def _effect(values: pd.Series, expected: str, missing: str) -> ClaimResult:
+    "`mean_effect` over the seeds of `values` (one per seed), or `untested` when the runs it needs were not made."
+    values = values.dropna()
+    return mean_effect(values.to_numpy(), expected) if len(values) else untested(missing)
 
 # %% ../nbs/04a_peft_grid.ipynb #9929f0d2
 CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
@@ -546,68 +577,103 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
     8: ("The DARE merge of all four adapters (harmless and helpful, both datasets) is best on average",
         "the all-four DARE merge has the best average score of the single and merged models"),
 }
+UNIT = "seeds (pre-training, instruct tuning, training data and order re-drawn)"  # the unit of every claim
 
-def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, dict]]:
-    "Claim id -> (what was measured, verdict dict), each from the runs' scores."
+def _kind_split(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(family=frame.model.str.split("-").str[0], kind=frame.model.str.split("-").str[-1])
+
+def _agreement_over_chance(lora: pd.Series, qlora: pd.Series) -> float:
+    """Share of cells where the two signs agree minus the share expected by chance, sum over sign c of
+    P_lora(c) P_qlora(c) (q^2 + (1 - q)^2 when no cell ties): 0 when the signs are independent."""
+    a, b = np.sign(lora.to_numpy()), np.sign(qlora.to_numpy())
+    chance = sum(np.mean(a == c) * np.mean(b == c) for c in (-1.0, 0.0, 1.0))
+    return float(np.mean(a == b) - chance)
+
+def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, ClaimResult]]:
+    """Claim id -> (what was measured, its `ClaimResult`): every effect is averaged within each seed first, then
+    tested over the seeds (`mean_effect`); a composite claim needs each of its parts (`all_of`)."""
     finals = final_scores(scores)
-    core = core_runs(finals, parameters, merge="none")
+    core = _kind_split(core_runs(finals, parameters, merge="none"))
+    first_peft, first_rank = parameters["pefts"][0], parameters["ranks"][0]
     out = {}
-    # 1: beavertails - hh-rlhf on harmless preferences, paired by model, method, seed
-    harmless = finals[(finals.preference == "harmless") & (finals["merge"] == "none")
-                      & (finals.peft == parameters["pefts"][0]) & (finals["rank"] == parameters["ranks"][0])]
-    by_method = {m: paired_difference(harmless[harmless.method == m], ["model", "seed"], "data", "beavertails", "hh-rlhf")
-                 for m in METHODS}
-    both = pd.concat(by_method.values())
-    out[1] = (f"overall score beavertails - hh-rlhf (harmless): SFT {_mean_text(by_method['sft'])}, "
-              f"DPO {_mean_text(by_method['dpo'])}", _values_verdict(both, "positive", "model x method x seed units"))
-    # 2: gain from the first checkpoint to the last, DPO on instruct vs DPO on base
+    # 1: beavertails - hh-rlhf on harmless preferences (per model and seed), helps AND more for SFT
+    harmless = finals[(finals.preference == "harmless") & (finals["merge"] == "none") & (finals.peft == first_peft)
+                      & (finals["rank"] == first_rank)]
+    gain = {m: per_seed(paired_difference(harmless[harmless.method == m], ["model", "seed"], "data", "beavertails", "hh-rlhf"))
+            for m in METHODS}
+    no_data = "one dataset, or one method, was run"
+    out[1] = (f"overall score beavertails - hh-rlhf (harmless): SFT {_mean_text(gain['sft'])}, DPO {_mean_text(gain['dpo'])}",
+              all_of({"informative data helps": _effect((gain["sft"] + gain["dpo"]) / 2, "positive", no_data),
+                      "more for SFT": _effect(gain["sft"] - gain["dpo"], "positive", no_data)}))
+    # 2: gain from the first checkpoint to the last: DPO on instruct improves AND DPO on base degrades
     steps = core_runs(scores, parameters, merge="none")
     steps = steps[steps.method != "none"]
     first = steps.loc[steps.groupby(RUN_KEYS)["step"].idxmin()].set_index(RUN_KEYS)["overall"]
     last = steps.loc[steps.groupby(RUN_KEYS)["step"].idxmax()].set_index(RUN_KEYS)["overall"]
-    gain = (last - first).rename("overall").reset_index()
-    gain["family"], gain["kind"] = gain.model.str.split("-").str[0], gain.model.str.split("-").str[-1]
-    means = gain.groupby(["method", "kind"])["overall"].mean()
-    dpo_gain = paired_difference(gain[gain.method == "dpo"], ["family", "preference", "seed"], "kind", "instruct", "base")
+    along = _kind_split((last - first).rename("overall").reset_index())
+    means = along.groupby(["method", "kind"])["overall"].mean()
+    dpo_gain = {k: per_seed(along[(along.method == "dpo") & (along.kind == k)].set_index(["model", "preference", "seed"])["overall"])
+                for k in ("instruct", "base")}
+    one_checkpoint = steps.empty or (first.to_numpy() == last.to_numpy()).all()
+    missing = "one checkpoint per run: no change along training" if one_checkpoint else "no DPO run of this kind"
+    parts = {"DPO on instruct improves": _effect(dpo_gain["instruct"] if not one_checkpoint else pd.Series(dtype=float), "positive", missing),
+             "DPO on base degrades": _effect(dpo_gain["base"] if not one_checkpoint else pd.Series(dtype=float), "negative", missing)}
     out[2] = ("gain in overall score over the last part of training: " +
-              ", ".join(f"{m.upper()} {k} {v:+.3f}" for (m, k), v in means.items()),
-              _values_verdict(dpo_gain, "positive", "family x preference x seed units (DPO instruct - DPO base gain)"))
-    # 3: mix - mean(harmless, helpful)
+              ", ".join(f"{m.upper()} {k} {v:+.3f}" for (m, k), v in means.items()), all_of(parts))
+    # 3: mix - mean(harmless, helpful): hurts AND more with DPO
     wide = core.pivot_table(index=["model", "method", "seed"], columns="preference", values="overall")
-    mix = (wide["mix"] - wide[["harmless", "helpful"]].mean(axis=1)).dropna() if {"mix", "helpful"} <= set(wide) else pd.Series(dtype=float)
-    mix_by = mix.groupby(level="method").mean() if len(mix) else pd.Series(dtype=float)
-    out[3] = ("overall score of mix - mean of harmless and helpful: " + ", ".join(f"{m.upper()} {v:+.3f}" for m, v in mix_by.items()),
-              _values_verdict(mix, "negative", "model x method x seed units"))
-    # 4: (DPO - SFT) on instruct - (DPO - SFT) on base
-    dpo_minus_sft = paired_difference(core, ["family", "kind", "preference", "seed"], "method", "dpo", "sft").rename("d").reset_index()
-    wins = dpo_minus_sft.groupby("kind")["d"].agg(lambda d: f"{int((d > 0).sum())}/{len(d)}") if len(dpo_minus_sft) else {}
-    contrast = paired_difference(dpo_minus_sft, ["family", "preference", "seed"], "kind", "instruct", "base", "d")
+    mix = ((wide["mix"] - wide[["harmless", "helpful"]].mean(axis=1)).dropna() if {"mix", "harmless", "helpful"} <= set(wide)
+           else pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=["model", "method", "seed"])))
+    by_method = {m: per_seed(mix[mix.index.get_level_values("method") == m]) for m in METHODS}
+    no_mix = "no mix (or no harmless and helpful) runs of both methods"
+    out[3] = ("overall score of mix - mean of harmless and helpful: " +
+              ", ".join(f"{m.upper()} {_mean_text(v)}" for m, v in by_method.items()),
+              all_of({"mixing hurts": _effect(per_seed(mix), "negative", no_mix),
+                      "more with DPO": _effect(by_method["dpo"] - by_method["sft"], "negative", no_mix)}))
+    # 4: DPO - SFT per family, kind, preference and seed: DPO > SFT on instruct AND SFT >= DPO on base
+    gap = paired_difference(core, ["family", "kind", "preference", "seed"], "method", "dpo", "sft").rename("d").reset_index()
+    wins = gap.groupby("kind")["d"].agg(lambda d: f"{int((d > 0).sum())}/{len(d)}") if len(gap) else {}
+    by_kind = {k: per_seed(gap[gap.kind == k].set_index(["family", "preference", "seed"])["d"]) if len(gap)
+               else pd.Series(dtype=float) for k in ("instruct", "base")}
+    no_kind = "no DPO and SFT runs of this kind of model"
     out[4] = ("DPO > SFT (overall) in " + ", ".join(f"{v} {k} cells" for k, v in dict(wins).items()),
-              _values_verdict(contrast, "positive", "family x preference x seed units"))
-    # 5: SFT - start model on capability (mmlu, bbh), base vs instruct
-    start = finals[finals.method == "none"].set_index("model")["capability"]
-    sft_runs = core[core.method == "sft"].assign(change=lambda f: f.capability - f.model.map(start))
-    change = paired_difference(sft_runs, ["family", "preference", "seed"], "kind", "base", "instruct", "change")
-    kinds = sft_runs.groupby("kind")["change"].mean()
-    out[5] = ("capability (mmlu, bbh) change after SFT: " + ", ".join(f"{k} {v:+.3f}" for k, v in kinds.items()),
-              _values_verdict(change, "positive", "family x preference x seed units (base change - instruct change)"))
-    # 6: merge - mean of the single adapters
+              all_of({"DPO > SFT on instruct": _effect(by_kind["instruct"], "positive", no_kind),
+                      "SFT > DPO on base": _effect(by_kind["base"], "negative", no_kind)}))
+    # 5: SFT - the same replicate's start model on capability (mmlu, bbh): hurts instruct AND helps base
+    start = finals[finals.method == "none"].set_index(["model", "seed"])["capability"]
+    sft_runs = core[core.method == "sft"]
+    sft_runs = sft_runs.assign(change=sft_runs.capability.to_numpy() - start.reindex(
+        pd.MultiIndex.from_frame(sft_runs[["model", "seed"]])).to_numpy())
+    change = {k: per_seed(sft_runs[sft_runs.kind == k].set_index(["model", "preference", "seed"])["change"])
+              for k in ("instruct", "base")}
+    no_sft = "no SFT run (with its start model) of this kind of model"
+    out[5] = ("capability (mmlu, bbh) change after SFT: " + ", ".join(f"{k} {_mean_text(v)}" for k, v in change.items()),
+              all_of({"SFT hurts instruct": _effect(change["instruct"], "negative", no_sft),
+                      "SFT helps base": _effect(change["base"], "positive", no_sft)}))
+    # 6: each merge of two - the BEST of its two single adapters
     merged = core_runs(finals, parameters)
     singles = merged[merged.preference.isin(["harmless", "helpful"]) & (merged["merge"] == "none")]
-    single_mean = singles.groupby(["model", "method", "seed"])["overall"].mean()
-    gains = {how: (merged[merged["merge"] == how].set_index(["model", "method", "seed"])["overall"] - single_mean).dropna()
-             for how in MERGES}
-    out[6] = ("overall score of the merge - mean of the single adapters: " +
-              ", ".join(f"{h} {_mean_text(g)}" for h, g in gains.items()),
-              _values_verdict(gains["dare_ties"], "positive", "model x method x seed units"))
-    # 7: sign agreement of DPO - SFT between LoRA and QLoRA
-    peft_runs = finals[(finals.preference == "harmless") & (finals["merge"] == "none") & (finals["data"] == parameters["datasets"][0])
-                       & (finals["rank"] == parameters["ranks"][0])]
-    signs = {p: np.sign(paired_difference(peft_runs[peft_runs.peft == p], ["model", "seed"], "method", "dpo", "sft"))
-             for p in PEFTS}
-    agree = (signs["lora"] * signs["qlora"]).dropna() if all(len(v) for v in signs.values()) else pd.Series(dtype=float)
-    out[7] = (f"sign of DPO - SFT (overall) agrees between LoRA and QLoRA in {int((agree > 0).sum())} of {len(agree)} cells",
-              sign_verdict(agree.to_numpy(), "positive", unit="model x seed cells") if len(agree) else _not_run("one PEFT method"))
+    best_single = singles.groupby(["model", "method", "seed"])["overall"].max()
+    lead = {how: (merged[merged["merge"] == how].set_index(["model", "method", "seed"])["overall"] - best_single).dropna()
+            for how in MERGES}
+    out[6] = ("overall score of the merge - the best of the two single adapters: " +
+              ", ".join(f"{h} {_mean_text(g)}" for h, g in lead.items()),
+              _effect(per_seed(lead["dare_ties"]), "positive", "no DARE-TIES merge (or no single adapters) was run"))
+    # 7: agreement of the sign of DPO - SFT between LoRA and QLoRA, per seed, minus the agreement expected by chance
+    peft_runs = finals[(finals.preference == "harmless") & (finals["merge"] == "none")
+                       & (finals["data"] == parameters["datasets"][0]) & (finals["rank"] == first_rank)]
+    gaps = {p: pd.concat({b: paired_difference(peft_runs[peft_runs.peft == p], ["model", "seed"], "method", "dpo", "sft", b)
+                          for b in BENCHMARKS}, names=["benchmark"]) for p in PEFTS}
+    excess, agree, total = [], 0, 0
+    if all(len(g) for g in gaps.values()):
+        both = pd.concat(gaps, axis=1).dropna()
+        for seed, cells in both.groupby(level="seed"):
+            excess.append((seed, _agreement_over_chance(cells["lora"], cells["qlora"])))
+            agree, total = agree + int((np.sign(cells["lora"]) == np.sign(cells["qlora"])).sum()), total + len(cells)
+    excess = pd.Series(dict(excess), dtype=float)
+    out[7] = (f"sign of DPO - SFT (per model and benchmark) agrees between LoRA and QLoRA in {agree} of {total} cells; "
+              f"agreement minus chance per seed {_mean_text(excess)}",
+              _effect(excess, "positive", "one PEFT method was run"))
     # 8: the all-four DARE merge - the best other adapter (single or merge of two) of the same model, method, seed
     adapters = merged.assign(adapter=np.where(merged["merge"] == "none", merged.preference, merged["merge"]))
     wide = adapters[adapters.adapter.isin(["harmless", "helpful", *MERGES])].pivot_table(
@@ -615,17 +681,17 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
     if "dare_all" in wide and wide.shape[1] > 1:
         lead = (wide["dare_all"] - wide.drop(columns="dare_all").max(axis=1)).dropna()
         out[8] = (f"overall score of the all-four DARE merge - the best of {', '.join(wide.columns.drop('dare_all'))}: "
-                  f"{_mean_text(lead)}", _values_verdict(lead, "positive", "model x method x seed units"))
+                  f"{_mean_text(lead)}", _effect(per_seed(lead), "positive", "no all-four merge with an adapter to compare"))
     else:
-        out[8] = ("not run", _not_run("no dare_all merge, or nothing to compare it with"))
+        out[8] = ("not run", untested("no dare_all merge, or nothing to compare it with"))
     return out
 
 def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                  parameters: dict,  # the chapter's parameters
                 ) -> pd.DataFrame:
-    "One row per claim 1-8 (alignrepro.core.CLAIM_COLUMNS), each verdict computed from the runs across seeds."
-    rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], measured, stat)
-            for i, (measured, stat) in sorted(_claims_measurements(scores, parameters).items())]
+    "One row per claim 1-8 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds."
+    rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], parameters["scale"], UNIT, result, measured=measured)
+            for i, (measured, result) in sorted(_claims_measurements(scores, parameters).items())]
     return pd.DataFrame(rows)
 
 # %% ../nbs/04a_peft_grid.ipynb #9eed7120

@@ -14,22 +14,24 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_list, one_of, optional,
                              seed_everything, text)
-from .evaluate import (_saturating, claim_row, compare_forms, completion_logprobs, encode_pairs,
-                                 fit_polynomial, fit_saturating, pad_batch, padding_id, vader_sentiment,
-                                 verdict_from_values)
+from .evaluate import (_saturating, compare_forms, completion_logprobs, encode_pairs, fit_polynomial,
+                                 fit_saturating, pad_batch, padding_id, vader_sentiment)
+from .stats import ClaimResult, all_of, claim_row, equivalence, mean_effect, paired_effect, untested
 from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import ToyWorld
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RULES', 'REPE', 'PAPER_DATA', 'R2_LINEAR', 'decoder_layers', 'layer_indices', 'steer', 'read_activations',
-           'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep', 'sentiment_words',
-           'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts', 'resolve_plan',
-           'build_tasks', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan', 'seed_statistics', 'forms_table',
-           'claims_table', 'plot_tradeoff']
+__all__ = ['DEFAULTS', 'RULES', 'REPE', 'PAPER_DATA', 'EXPONENTS', 'EXPONENT_MARGIN', 'decoder_layers', 'layer_indices', 'steer',
+           'read_activations', 'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep',
+           'sentiment_words', 'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts',
+           'resolve_plan', 'build_tasks', 'random_directions', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan',
+           'fit_power', 'seed_statistics', 'forms_table', 'replicate_unit', 'claim_results', 'claims_table',
+           'plot_tradeoff']
 
 # %% ../nbs/05a_repe.ipynb #777e86f8
 _LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -324,16 +326,18 @@ def neutral_texts(world: ToyWorld,  # the toy world (its everyday filler sentenc
     return texts if end == " <eos>" else [t.removesuffix(" <eos>") + end for t in texts]
 
 # %% ../nbs/05a_repe.ipynb #b5b03f98
-DEFAULTS = dict(scale="toy", seeds=[0, 1, 2], out_dir="_out/repe", toy_size="s", toy_tokens=200_000, toy_model_seed=0,
-                method="mean", layer_fractions=[0.0], norms=[-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0],
+DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/repe", toy_size="s", toy_tokens=100_000,
+                toy_model_seed=None, method="mean", direction="read", layer_fractions=[0.0],
+                norms=[-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0],
                 small_norm=0.5, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model="smollm2",
                 small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.1, -0.04, -0.02, 0.0, 0.02, 0.04, 0.1],
-                small_regime=0.04, small_n=12, paper_model="meta-llama/Llama-2-7b-chat-hf", batch_size=32, cpu_threads=1)
+                small_regime=0.04, small_n=12, paper_model="meta-llama/Llama-2-7b-chat-hf", batch_size=32, cpu_threads=1,
+                executor="pool", max_parallel=None)
 
 RULES = {**COMMON_RULES,
          "toy_size": one_of("xxs", "xs", "s", "m", "l", "xl"), "toy_tokens": number(lo=1000, integer=True),
          "toy_model_seed": optional(number(lo=0, integer=True)),
-         "method": one_of("pca", "mean"), "layer_fractions": number_list(1, lo=0, hi=1),
+         "method": one_of("pca", "mean"), "direction": one_of("read", "random"), "layer_fractions": number_list(1, lo=0, hi=1),
          "norms": Rule("a list of at least 5 numbers including 0",
                        lambda v: isinstance(v, (list, tuple)) and len(v) >= 5 and 0 in v
                        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),
@@ -378,7 +382,7 @@ def resolve_plan(params: dict,  # the chapter's checked parameters (`REPE.parame
         else:
             spec, data = ModelSpec(kind="hub", name=p["paper_model"]), dict(PAPER_DATA, reduce="mean")
     fractions, norms, *counts = sweep
-    return dict(scale=scale, model=spec.to_dict(), **data, method=p["method"],
+    return dict(scale=scale, model=spec.to_dict(), **data, method=p["method"], direction=p["direction"],
                 layer_fractions=[float(f) for f in fractions], norms=sorted(float(r) for r in norms),
                 **dict(zip(sizes[2:], counts)), batch_size=p["batch_size"])
 
@@ -420,36 +424,57 @@ def build_tasks(plan: dict,  # from `resolve_plan`
                 neutral=neutral_texts(world, plan["n_neutral"], seed, end))
 
 # %% ../nbs/05a_repe.ipynb #c90c5666
+def random_directions(units: dict[int, torch.Tensor],  # the read unit directions per block (for their shapes)
+                      seed: int,  # the replicate's seed
+                     ) -> dict[int, torch.Tensor]:
+    "The negative control: per block a seeded random unit vector in place of the read one (same norm, no mechanism)."
+    out = {}
+    for index, unit in units.items():
+        generator = torch.Generator().manual_seed(1_000_003 * seed + index)
+        vector = torch.randn(unit.shape, generator=generator, dtype=torch.float64)
+        out[index] = (vector / vector.norm()).to(unit.dtype)
+    return out
+
+
 def sweep_seed(plan: dict,  # from `resolve_plan`
                seed: int,  # sampling seed of stimuli and tests
                model: torch.nn.Module,  # the plan's model
                tokenizer,  # its tokenizer
               ) -> pd.DataFrame:
-    "Read the direction from this seed's stimuli and sweep its norm: `norm_sweep`'s rows plus seed, scale, layers."
+    "Read the direction from this seed's stimuli (or draw a random one) and sweep its norm: `norm_sweep`'s rows."
     seed_everything(seed)
     tasks = build_tasks(plan, tokenizer, seed)
     layers = layer_indices(model, plan["layer_fractions"])
     units, scales = steering_vectors(model, tokenizer, tasks["stimuli"], layers, plan["method"], plan["reduce"],
                                      plan["batch_size"])
+    if plan.get("direction", "read") == "random":
+        units = random_directions(units, seed)
     sweep = norm_sweep(model, tokenizer, units, scales, plan["norms"], tasks["behaviour"], tasks["questions"],
                        tasks["neutral"], plan["batch_size"])
     return sweep.assign(seed=seed, scale=plan["scale"], layers=",".join(map(str, layers)))
 
 
+_LOADED: dict = {}  # per process: the last shared (not per-seed) model loaded, reused by the next seed's replicate
+
+
 def run_replicate(cell: dict,  # {study, plan, seed}, one of `replicates`' cells
                   store: RunStore,  # where toy models are cached
                  ) -> pd.DataFrame:
-    "One seed's sweep of the plan, on the plan's model for that seed (toy models and SmolLM2 on the CPU)."
+    "One seed's sweep of the plan, on the plan's model for that seed (toy: pre-trained with the seed unless fixed)."
     spec = ModelSpec(**cell["plan"]["model"]).for_seed(cell["seed"])
-    model, tokenizer = load(spec, store, device=None if cell["plan"]["scale"] == "paper" else "cpu")
+    key = repr(spec)
+    if key not in _LOADED:  # a pool worker running several seeds of SmolLM2 loads it once (steering leaves no trace)
+        _LOADED.clear()
+        _LOADED[key] = load(spec, store, device=None if cell["plan"]["scale"] == "paper" else "cpu")
+    model, tokenizer = _LOADED[key]
     return sweep_seed(cell["plan"], cell["seed"], model, tokenizer)
 
 # %% ../nbs/05a_repe.ipynb #d0a055e0
 def run_study(plan: dict,  # from `resolve_plan`
               seeds: Sequence[int],  # one replicate per seed
               store: RunStore | None = None,  # the run store; default `RunStore()`
-              executor: str = "local",  # "local", "pool", "submitit" or "submitit-local" (see `replicates`)
-              max_parallel: int = 1,  # replicates running at once
+              executor: str = "pool",  # "pool", "local", "submitit" or "submitit-local" (see `replicates`)
+              max_parallel: int | None = None,  # replicates running at once; None: every core for "pool"
              ) -> pd.DataFrame:
     "All seeds' sweeps of a plan (tidy: one row per seed and norm), each replicate computed once and stored."
     sweeps = replicates("repe", plan, seeds, run_replicate, store, executor, max_parallel)
@@ -468,24 +493,65 @@ def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`)
     return replicate_cells(REPE.study, resolve_plan(params), params["seeds"]), run_replicate
 
 # %% ../nbs/05a_repe.ipynb #76066594
+EXPONENTS = np.round(np.arange(0.25, 6.0001, 0.01), 2)  # the exponents `fit_power` tries
+
+
+def fit_power(x: Sequence[float],  # the predictor (signed; its absolute value is used)
+              y: Sequence[float],  # the response
+              intercept: bool = True,  # fit y0 + k|x|^p (True) or k|x|^p through the origin (False)
+              exponents: Sequence[float] = EXPONENTS,  # candidate exponents p
+             ) -> dict:
+    "Least-squares fit of `y = y0 + k |x|^p`: the exponent `p` (a grid, refined), `k`, `y0` and the residual sum of squares."
+    x, y = np.abs(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
+
+    def fit(p: float) -> dict:
+        design = np.column_stack(([np.ones_like(x)] if intercept else []) + [x ** p])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        return dict(p=float(p), k=float(coef[-1]), y0=float(coef[0]) if intercept else 0.0,
+                    sse=float(((design @ coef - y) ** 2).sum()))
+
+    best = min((fit(p) for p in exponents), key=lambda f: f["sse"])  # the grid, then refined between its neighbours
+    step = float(np.diff(exponents).max()) if len(exponents) > 1 else 0.0
+    if step > 0:
+        low, high = max(best["p"] - step, min(exponents)), min(best["p"] + step, max(exponents))
+        refined = fit(minimize_scalar(lambda p: fit(p)["sse"], bounds=(low, high), method="bounded",
+                                      options=dict(xatol=1e-6)).x)
+        best = refined if refined["sse"] <= best["sse"] else best
+    return best
+
+
+def _logit(p: float) -> float:
+    p = float(np.clip(p, 1e-6, 1 - 1e-6))
+    return float(np.log(p / (1 - p)))
+
+
 def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
                     small_norm: float,  # |norm| up to this is the small-norm regime
                    ) -> pd.DataFrame:
-    "One row per seed: slopes, curvatures, R², AIC differences, measured net gain and the efficient regime's end."
+    "One row per seed: the statistics each claim is judged on (see the text above), and the fits of the figure."
     rows = []
     for seed, sweep in sweeps.groupby("seed", sort=True):
-        small = sweep[sweep.norm.abs() <= small_norm + 1e-12]
-        alignment = fit_polynomial(small.norm, small.alignment, 1)
-        alignment_forms = compare_forms(sweep.norm, sweep.alignment, ("linear", "saturating"))
-        helpfulness = compare_forms(small.norm, small.p_correct, ("linear", "quadratic"))
-        (_, h1, h2), a1 = helpfulness.loc["quadratic", "coef"], alignment["coef"][1]
-        zero, first = sweep[sweep.norm == 0].iloc[0], sweep[sweep.norm > 0].sort_values("norm").iloc[0]
-        rows.append(dict(seed=seed, alignment_slope=a1, alignment_r2=alignment["r2"],
-                         aic_linear_minus_saturating=alignment_forms.aic["linear"] - alignment_forms.aic["saturating"],
-                         helpfulness_curvature=h2, helpfulness_slope=h1, helpfulness_r2=helpfulness.r2["quadratic"],
-                         aic_linear_minus_quadratic=helpfulness.aic["linear"] - helpfulness.aic["quadratic"],
-                         first_norm=first.norm, net_gain=(first.alignment - zero.alignment) - (zero.p_correct - first.p_correct),
-                         efficient_until=(a1 + h1) / -h2 if h2 < 0 and a1 + h1 > 0 else np.nan))
+        sweep = sweep.set_index("norm").sort_index()
+        small = sweep[np.abs(sweep.index) <= small_norm + 1e-12]
+        paired = [r for r in small.index if r > 0 and -r in small.index]  # +-r both swept, inside the regime
+        edge, far = max(paired), float(sweep.index.max())
+        alignment = fit_polynomial(small.index, small.alignment, 1)
+        quadratic = fit_polynomial(small.index, small.p_correct, 2)
+        (_, h1, h2), a1 = quadratic["coef"], alignment["coef"][1]
+        odd = [(sweep.alignment[r] - sweep.alignment[-r]) / 2 for r in paired]  # the first-order (odd) part
+        zero = sweep.loc[0.0]
+        positive = [r for r in small.index if r > 0]
+        rows.append(dict(
+            seed=seed, alignment_slope=a1, alignment_r2=alignment["r2"],
+            alignment_exponent=fit_power(paired, odd, intercept=False)["p"],
+            helpfulness_exponent=fit_power(small.index, small.p_correct)["p"],
+            helpfulness_curvature=h2, helpfulness_slope=h1, edge=edge, far=far,
+            p_correct_zero=zero.p_correct, p_correct_plus=sweep.p_correct[edge], p_correct_minus=sweep.p_correct[-edge],
+            rise_beyond=sweep.alignment[far] - sweep.alignment[edge] if far > edge else np.nan,
+            shortfall=a1 * (far - edge) - (sweep.alignment[far] - sweep.alignment[edge]) if far > edge else np.nan,
+            efficiency=float(np.mean([(_logit(sweep.alignment[r]) - _logit(zero.alignment))
+                                      + (_logit(sweep.p_correct[r]) - _logit(zero.p_correct)) for r in positive])),
+            efficient_until=(a1 + h1) / -h2 if h2 < 0 and a1 + h1 > 0 else np.nan))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_repe.ipynb #b4cfdcfc
@@ -505,14 +571,15 @@ def forms_table(sweeps: pd.DataFrame,  # `run_study` rows of one plan
             .agg(r2=("r2", "mean"), delta_aic=("delta_aic", "mean"), loo_mse=("loo_mse", "mean"), seeds_best=("best", "sum")))
 
 # %% ../nbs/05a_repe.ipynb #16775d92
-R2_LINEAR = 0.9  # the linear fit "explains" alignment in the small-norm regime when its R² is above this
+EXPONENT_MARGIN = 0.5  # an exponent "is" 1 (or 2) when its interval lies within 1 ± 0.5 (2 ± 0.5): closer to it
+                       # than to the other order; fixed before any run
 
 _PAPER = {  # claim_id -> (claim, what the paper reports)
     "alignment_increases": ("Alignment (P of the aligned behaviour) increases with the norm of the injected vector.",
                             "guaranteed increase in theory; rising alignment vs coefficient on a chat LLM"),
-    "alignment_linear": ("For small norms alignment increases linearly in the norm.",
+    "alignment_linear": ("For small norms alignment increases linearly (first order) in the norm.",
                          "linear in the norm (theory); linear fit to the measured curve"),
-    "alignment_saturates": ("Beyond small norms alignment saturates rather than growing linearly.",
+    "alignment_saturates": ("Beyond small norms alignment saturates: it keeps rising, more slowly than linearly.",
                             "increase until saturation (theory and figures)"),
     "helpfulness_decreases": ("Helpfulness (P of the correct answer) decreases with the norm, in both directions.",
                               "decrease for any direction of the vector (theory); falling accuracy in experiments"),
@@ -523,28 +590,51 @@ _PAPER = {  # claim_id -> (claim, what the paper reports)
 }
 
 
+def replicate_unit(plan: dict  # from `resolve_plan`
+                  ) -> str:
+    "What one seed re-draws at this plan, for claims.csv's `unit`."
+    spec = ModelSpec(**plan["model"])
+    if spec.kind == "toy" and spec.seed is None:
+        return "seeds (toy model pre-training, stimuli and test prompts re-drawn)"
+    model = "one pre-trained toy model" if spec.kind == "toy" else "one pre-trained model"
+    return f"seeds (stimuli and test prompts re-drawn; {model})"
+
+
+def claim_results(stats: pd.DataFrame,  # `seed_statistics` of one plan
+                 ) -> dict[str, tuple[ClaimResult, str]]:
+    "claim_id -> (the `alignrepro.stats` result over seeds, what was measured in words)."
+    s, m = stats, EXPONENT_MARGIN
+    edge, far = s.edge.min(), s.far.min()
+    saturates = (all_of({"rises beyond the regime": mean_effect(s.rise_beyond, "positive", 0.0),
+                         "less than the straight line": mean_effect(s.shortfall, "positive", 0.0)})
+                 if s.rise_beyond.notna().all() else untested("no norm swept beyond the small-norm regime", len(s)))
+    return {
+        "alignment_increases": (mean_effect(s.alignment_slope, "positive", 0.0),
+                                f"slope of P(aligned) per unit norm, |norm| <= {edge:g}, above 0"),
+        "alignment_linear": (equivalence(s.alignment_exponent, m, 1.0),
+                             f"exponent q of the odd part of P(aligned), k r^q on 0 < r <= {edge:g}, within 1 ± {m:g}"),
+        "alignment_saturates": (saturates, f"P(aligned) at {far:g} minus at {edge:g} above 0, and below the straight "
+                                           f"line of the regime's slope (shortfall above 0)"),
+        "helpfulness_decreases": (all_of({f"+{edge:g}": paired_effect(s.p_correct_zero, s.p_correct_plus, "positive"),
+                                          f"-{edge:g}": paired_effect(s.p_correct_zero, s.p_correct_minus, "positive")}),
+                                  f"P(correct) at 0 minus at +{edge:g} and at -{edge:g} (paired per seed), above 0"),
+        "helpfulness_quadratic": (equivalence(s.helpfulness_exponent, m, 2.0),
+                                  f"exponent p of h0 + k|r|^p fitted to P(correct), |norm| <= {edge:g}, within 2 ± {m:g}"),
+        "efficient_regime": (mean_effect(s.efficiency, "positive", 0.0),
+                             f"log-odds gain of P(aligned) plus log-odds change of P(correct), mean over 0 < r <= "
+                             f"{edge:g}, above 0"),
+    }
+
+
 def claims_table(stats: pd.DataFrame,  # `seed_statistics` of one plan
                  scale: str,  # the plan's scale, appended to each claim id
-                 small_norm: float,  # the small-norm regime's edge, for the texts
+                 unit: str = "seeds",  # what one seed re-draws (`replicate_unit`)
                 ) -> pd.DataFrame:
-    "One claims.csv row per claim of the paper, each verdict computed from the per-seed statistics."
-    tests = {  # claim_id -> (column, expected side, threshold, measured text)
-        "alignment_increases": ("alignment_slope", "positive", 0.0, f"slope of P(aligned) per unit norm, |norm| <= {small_norm}"),
-        "alignment_linear": ("alignment_r2", "positive", R2_LINEAR, f"R² of the linear fit of P(aligned), |norm| <= {small_norm}"),
-        "alignment_saturates": ("aic_linear_minus_saturating", "positive", 0.0,
-                                "AIC(linear) - AIC(saturating) of P(aligned), whole sweep"),
-        "helpfulness_decreases": ("helpfulness_curvature", "negative", 0.0,
-                                  f"quadratic coefficient of P(correct), |norm| <= {small_norm}"),
-        "helpfulness_quadratic": ("aic_linear_minus_quadratic", "positive", 0.0,
-                                  f"AIC(linear) - AIC(quadratic) of P(correct), |norm| <= {small_norm}"),
-        "efficient_regime": ("net_gain", "positive", 0.0,
-                             f"gain in P(aligned) minus loss in P(correct) at norm {stats.first_norm.min():g} (measured)"),
-    }
+    "One claims.csv v2 row per claim of the paper, each verdict over seeds by `alignrepro.stats`."
     rows = []
-    for claim_id, (column, expected, threshold, measured) in tests.items():
-        result = verdict_from_values(stats[column].to_numpy(), expected, threshold, unit="seeds")
+    for claim_id, (result, measured) in claim_results(stats).items():
         claim, paper = _PAPER[claim_id]
-        rows.append(claim_row("repe", f"{claim_id}_{scale}", claim, paper, f"{scale} scale: {measured}", result))
+        rows.append(claim_row("repe", f"{claim_id}_{scale}", claim, paper, scale, unit, result, measured=measured))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_repe.ipynb #a1f97520

@@ -54,23 +54,26 @@ CHAPTERS = {
         dict(seeds=[0, 1, 2], sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fractions=[0.5, 1.0],
              n_pos=[4, 8], n_neg=[0, 4, 8, 12, 16], resist_n=8, resist_prompts=4, n_eval=4, theory_points=3),
         [1, 2, 3], 11, ["resistance.png", "rebound.png", "controls.png", "trends.png", "theory.png"],
-        dict(n_neg=[3, 1, 2])),
+        dict(n_neg=[3, 1, 2]), "rebound", dict(pos_share=0.5)),
     "04_peft_grid": Contract(
         "alignrepro.peft_grid:PEFT_GRID",
-        dict(seeds=[0], models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
+        dict(seeds=[0, 1, 2], models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
              datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
              ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0]),
-        [1], 8, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"])),
+        [1], 8, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
+        "4", dict(shuffle_preferences=True)),
     "05_repe": Contract(
         "alignrepro.repe:REPE",
         dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3,
              small_model=None, norms=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]),
-        [3, 4, 5], 6, ["tradeoff_toy.png"], dict(method="median", small_norm=0.1)),
+        [3, 4, 5], 6, ["tradeoff_toy.png"], dict(method="median", small_norm=0.1),
+        "alignment_increases_toy", dict(direction="random")),
     "06_honesty": Contract(
         "alignrepro.honesty:HONESTY",
-        dict(seeds=[0, 1], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
-        [2, 3], 7, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
-        _honesty_tables, _honesty_questions_moved),
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
+        [2, 3], 8, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
+        headline="multisample_gain", negative=dict(shuffle_known=True), extra=_honesty_tables,
+        moved=_honesty_questions_moved),
 }
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 
@@ -112,7 +115,7 @@ def test_negative_control_does_not_reproduce_the_headline(name, run_chapter):
     "The mechanism removed, on 5 seeds (enough units for a verdict): the headline claim must not come out reproduced."
     contract = CHAPTERS[name]
     _, out_dir = run_chapter(name, **{**contract.tiny, "seeds": [0, 1, 2, 3, 4], **contract.negative})
-    headline = pd.read_csv(out_dir / "claims.csv").set_index("claim_id").loc[contract.headline]
+    headline = pd.read_csv(out_dir / "claims.csv", dtype={"claim_id": str}).set_index("claim_id").loc[contract.headline]
     assert headline.n == 5 and headline.verdict != "reproduced", headline.to_dict()
 
 

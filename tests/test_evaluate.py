@@ -1,15 +1,12 @@
-"""Tests of alignrepro.evaluate: batching equals one-at-a-time, probabilities, KL, sampling, statistics."""
+"""Tests of alignrepro.evaluate: batching equals one-at-a-time, probabilities, KL, sampling, trends and curve shapes."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from alignrepro.core import CLAIM_COLUMNS
-from alignrepro.evaluate import (bootstrap_ci, claim_row, compare_forms, completion_logprobs, fit_polynomial, fit_saturating,
-                                 kl_divergence, next_token_probs, paired_test, sample, sign_verdict,
-                                 spearman_by_group, vader_sentiment, verdict, verdict_from_values)
+from alignrepro.evaluate import (compare_forms, completion_logprobs, fit_polynomial, fit_saturating, kl_divergence,
+                                 next_token_probs, sample, spearman_by_group, vader_sentiment)
 from alignrepro.models import toy_model, toy_tokenizer
 
 WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<assistant>"] + (
@@ -156,35 +153,8 @@ def test_vader_orders_obvious_sentences():
     assert scores[0] > scores[1] > scores[2] and (np.abs(scores) <= 1).all()
 
 
-def test_bootstrap_ci_covers_true_mean_at_nominal_rate():
-    rng = np.random.default_rng(0)
-    hits = [lo <= 1.0 <= hi for lo, hi in
-            (bootstrap_ci(rng.exponential(1.0, 40), n_boot=300, seed=i)[1:] for i in range(300))]
-    assert 0.87 <= np.mean(hits) <= 0.99
-    estimate, low, high = bootstrap_ci([1.0, 2.0, 3.0, 4.0], stat=np.median)
-    assert estimate == 2.5 and low < estimate < high
 
 
-def test_t_interval_matches_scipy():
-    values = [0.1, 0.4, 0.25]
-    estimate, low, high = bootstrap_ci(values, method="t")
-    ref = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
-    np.testing.assert_allclose([low, high], ref)
-    with pytest.raises(ValueError):
-        bootstrap_ci(values, stat=np.median, method="t")
-
-
-def test_paired_test_exact_and_t():
-    a, b = [3.0, 4.0, 5.0, 6.0], [1.0, 1.0, 1.0, 1.0]
-    result = paired_test(a, b)
-    assert result["n_pos"] == 4 and result["n"] == 4 and result["p_value"] == pytest.approx(2 / 16)
-    assert result["mean_diff"] == 3.5 and 0 < result["ci_low"] < 3.5 < result["ci_high"]
-    mixed = paired_test([1.0, -1.0, 2.0, -2.0], [0.0] * 4)
-    assert mixed["p_value"] == 1.0 and mixed["n_pos"] == 2
-    assert paired_test(a, b, method="t")["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
-    rng = np.random.default_rng(0)
-    big = paired_test(rng.normal(0.5, 1, 40), np.zeros(40))  # sampled sign patterns
-    assert big["p_value"] < 0.05
 
 
 def test_spearman_by_group():
@@ -218,29 +188,3 @@ def test_forms_recognise_known_shapes():
     assert list(compare_forms(x[:5], x[:5] ** 2).index) == ["linear", "quadratic"]  # too few points for a sigmoid
     assert list(compare_forms(x[:4], x[:4] ** 2, {"pure": (0, 2), "cubic": 3}).index) == ["pure"]
 
-
-def test_verdict_three_outcomes():
-    assert verdict(0.03, 0.01, 0.05)["verdict"] == "reproduced"
-    assert verdict(0.03, 0.01, 0.05, expected="negative")["verdict"] == "not reproduced"
-    assert verdict(-0.03, -0.05, -0.01, expected="negative")["verdict"] == "reproduced"
-    assert verdict(0.01, -0.01, 0.03)["verdict"] == "inconclusive"
-    assert verdict(0.7, 0.55, 0.8, threshold=0.6)["verdict"] == "inconclusive"
-    assert verdict(0.031, 0.012, 0.05, n=3)["statistic"] == "mean 0.031 [0.012, 0.050], n=3 seeds"
-    with pytest.raises(ValueError):
-        verdict(0.1, 0.0, 0.2, expected="up")
-
-
-def test_verdict_from_values_and_sign_verdict():
-    assert verdict_from_values([0.2, 0.3, 0.25, 0.28])["verdict"] == "reproduced"
-    assert verdict_from_values([-0.2, -0.3, -0.25])["verdict"] == "not reproduced"
-    assert verdict_from_values([0.2, -0.3, 0.25, -0.1], method="t")["verdict"] == "inconclusive"
-    assert sign_verdict([1.0] * 16)["verdict"] == "reproduced"
-    assert sign_verdict([-1.0] * 16)["verdict"] == "not reproduced"
-    assert sign_verdict([1.0] * 5 + [-1.0] * 5 + [0.0])["statistic"].startswith("5/10")
-
-
-def test_claim_row_columns():
-    row = claim_row("s", "c1", "claim", "paper says", "we measured", verdict(1.0, 0.5, 1.5))
-    assert list(row) == CLAIM_COLUMNS and row["verdict"] == "reproduced"
-    with pytest.raises(ValueError):
-        claim_row("s", "c1", "claim", "paper", "measured", {"verdict": "yes", "statistic": ""})

@@ -5,14 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignrepro.core import VERDICTS, ParameterError, RunStore
+from alignrepro.core import ParameterError, RunStore
 from alignrepro.data import answer_matches, fact_questions
 from alignrepro.study import ModelSpec
 from alignrepro.world import IDK_REPLY, ToyWorld, WorldConfig
 from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
                                 confidence_prefix, expected_accuracy, honesty_scores, is_idk, known_questions,
                                 knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
-                                score_table, stated_confidence, toy_judge, toy_question_table, training_set)
+                                score_table, shuffled_knowledge, stated_confidence, toy_judge, toy_question_table,
+                                training_set, PKQA_LIMIT)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -156,7 +157,8 @@ def test_real_questions_have_made_up_entities_nobody_can_answer():
 def test_resolve_plan_covers_three_scales_and_rejects_bad_values():
     toy, small, paper = (resolve_plan(s) for s in ("toy", "small", "paper"))
     assert toy["style"] == "toy" and set(toy["ood_families"]).isdisjoint(toy["train_families"])
-    assert ModelSpec(**toy["model"]).label() == "s" and toy["methods"] == list(METHODS)
+    assert ModelSpec(**toy["model"]).label() == "xs" and toy["methods"] == list(METHODS)
+    assert ModelSpec(**toy["model"]).seed is None and not toy["shuffle_known"]  # each replicate pre-trains its own
     assert ModelSpec(**small["model"]).kind == "smollm2" and small["subset"] and small["top_k"] > 0
     assert ModelSpec(**paper["model"]).name == "meta-llama/Llama-2-13b-chat-hf" and paper["data"] == "mandarjoshi/trivia_qa"
     assert paper["preset"] == "thakkar_sft" and paper["m"] == 10 and paper["tau"] == 0.1
@@ -186,26 +188,68 @@ def test_score_table_compares_each_method_with_the_unaligned_model():
     assert set(scores.index.get_level_values("split")) == {*EVAL_SPLITS, "pkqa"}
 
 
-def _scores(multisample_honesty: float, seeds=range(4)) -> pd.DataFrame:
+def _scores(effect: float, seeds=range(5), pkqa_over: float = 0.1) -> pd.DataFrame:
+    "Per-seed scores: every method `effect` times the paper's distance from its baseline, each with its own noise."
     rows = []
     for seed in seeds:
-        honesty = dict(unaligned=0.5, prompt=0.55, fine_tuned=0.5 + seed / 1000, absolute=0.65, confidence_num=0.7,
-                       confidence_verb=0.68, multisample=multisample_honesty + seed / 100)
+        honesty = dict(unaligned=0.5, prompt=0.55, fine_tuned=0.5, absolute=0.65, confidence_num=0.7,
+                       confidence_verb=0.68, multisample=0.76)
+        noise = dict(zip(honesty, np.random.default_rng(seed).normal(0, 0.01, len(honesty))))
+        honesty = {m: h if m == "unaligned" else 0.5 + effect * (h - 0.5) + noise[m] for m, h in honesty.items()}
         accuracy = dict(unaligned=0.6, prompt=0.5, fine_tuned=0.6, absolute=0.5, confidence_num=0.52,
-                        confidence_verb=0.59, multisample=0.5)
-        rows += [dict(seed=seed, method=m, split=s, honesty=h, accuracy=accuracy[m], prudence=h,
-                      over_conservativeness=0.1) for m, h in honesty.items() for s in (*EVAL_SPLITS, "pkqa")]
+                        confidence_verb=0.59 + noise["confidence_verb"], multisample=0.5)
+        rows += [dict(seed=seed, method=m, split=s, honesty=h, accuracy=accuracy[m], prudence=h, idk_rate=0.0,
+                      over_conservativeness=pkqa_over + noise[m]) for m, h in honesty.items()
+                 for s in (*EVAL_SPLITS, "pkqa")]
     return pd.DataFrame(rows)
 
 
 def test_claims_follow_the_measured_effects():
-    good = claims_table(_scores(0.8)).set_index("claim_id")
-    assert set(good.verdict) == {"reproduced"} and len(good) == 7
-    bad = claims_table(_scores(0.4)).set_index("claim_id")
-    assert bad.loc["multisample_best", "verdict"] == "not reproduced"
-    assert bad.loc["finetune_beats_prompt", "verdict"] == "not reproduced"
-    assert bad.loc["verb_keeps_accuracy", "verdict"] == "reproduced"
-    assert set(bad.verdict) <= set(VERDICTS)
+    good = claims_table(_scores(1.0), "small").set_index("claim_id")
+    assert set(good.verdict) == {"reproduced"} and len(good) == 8, good[["verdict", "statistic", "note"]]
+    assert (good.n == 5).all() and good.unit.str.startswith("seeds").all() and good.test.notna().all()
+    assert (good.ci_low < good.estimate).all() and (good.estimate < good.ci_high).all()
+
+
+def test_reversed_effects_are_not_reproduced():
+    reversed_ = claims_table(_scores(-1.0), "small").set_index("claim_id")
+    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_honesty", "puqa_prudence"):
+        assert reversed_.loc[claim, "verdict"] == "not reproduced", claim
+    over = claims_table(_scores(1.0, pkqa_over=0.5), "small").set_index("claim_id")  # known questions refused
+    assert over.loc["pkqa_answered", "verdict"] == "not reproduced"
+    drift = _scores(1.0)
+    drift.loc[drift.method == "fine_tuned", "honesty"] += 0.2  # FINE-TUNED far from 0.5
+    assert claims_table(drift, "small").set_index("claim_id").loc["fine_tuned_at_50", "verdict"] == "not reproduced"
+
+
+def test_null_effects_are_never_reproduced():
+    null = claims_table(_scores(0.0), "small").set_index("claim_id")
+    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_honesty", "puqa_prudence"):
+        assert null.loc[claim, "verdict"] != "reproduced", claim
+    at_limit = claims_table(_scores(1.0, pkqa_over=PKQA_LIMIT), "small").set_index("claim_id")
+    assert at_limit.loc["pkqa_answered", "verdict"] != "reproduced"
+
+
+def test_three_seeds_decide_nothing_and_toy_marks_the_baselines_untested():
+    assert set(claims_table(_scores(1.0, seeds=range(3)), "small").verdict) == {"inconclusive"}
+    toy = claims_table(_scores(1.0), "toy").set_index("claim_id")
+    untested = toy[toy.note.str.contains("not applicable")]
+    assert set(untested.index) == {"finetune_beats_prompt", "ood_honesty", "puqa_prudence", "fine_tuned_at_50"}
+    assert (untested.verdict == "inconclusive").all() and (untested.test == "not tested").all()
+    assert toy.loc["multisample_gain", "verdict"] == "reproduced"
+
+
+def test_shuffled_knowledge_keeps_the_labels_but_moves_them():
+    table = pd.DataFrame(dict(
+        question=[f"q{i}" for i in range(20)], prompt="p", gold_reply=[f"gold{i}" for i in range(20)],
+        greedy=[f"g{i}" for i in range(20)], greedy_correct=[i < 8 for i in range(20)],
+        samples=[[f"s{i}"] * 4 for i in range(20)], samples_correct=[[i < 8] * 4 for i in range(20)]))
+    shuffled = shuffled_knowledge(table, seed=3)
+    assert shuffled.greedy_correct.sum() == 8 and not shuffled.greedy_correct.equals(table.greedy_correct)
+    assert shuffled.equals(shuffled_knowledge(table, seed=3)) and not shuffled.equals(shuffled_knowledge(table, seed=4))
+    known = shuffled[shuffled.greedy_correct]
+    assert (known.greedy == known.gold_reply).all()  # a question labelled known is answered with its own gold reply
+    assert training_set(shuffled, "absolute", TOY_STYLE).refusal.sum() == 12
 
 
 # --- the chapter -------------------------------------------------------------------------------------------------

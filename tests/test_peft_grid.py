@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignrepro.core import VERDICTS, ParameterError, RunStore
+from alignrepro.core import CLAIM_COLUMNS, ParameterError, RunStore
 from alignrepro.grid import run_grid
 from alignrepro.peft_grid import (BENCHMARKS, DEFAULTS, MODELS, PAPER_MODELS, PEFT_GRID, checkpoint_steps, claims_table,
                                   design_cells, grid_plan, resolve_plan, score_table, training_pairs)
@@ -18,38 +18,58 @@ TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens
             ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0])
 
 
-def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0) -> pd.DataFrame:
-    "Scores built so that every claim of the paper holds (or, with `flip`, every contrast is reversed)."
-    rng, sign = np.random.default_rng(seed), -1 if flip else 1
+def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0, null: bool = False,
+                       flip_qlora: bool = False) -> pd.DataFrame:
+    """Scores built so that every claim of the paper holds; with `flip` every effect is reversed, with `null` there is
+    none (noise only), with `flip_qlora` QLoRA runs reverse the LoRA runs' effects (LoRA and QLoRA disagree). Every
+    score gets noise per benchmark; redinstruct carries no method effect, so signs vary across cells."""
+    rng = np.random.default_rng(seed)
     rows = []
     for cell in cells:
+        sign = (-1 if flip else 1) * (-1 if flip_qlora and cell["peft"] == "qlora" else 1) * (0 if null else 1)
         instruct = cell["model"].endswith("instruct")
-        if cell["method"] == "none":
-            rows += [dict(cell, benchmark=b, score=0.5, step=0) for b in BENCHMARKS]
-            continue
-        value = 0.5 + sign * 0.05 * (1 if cell["method"] == "sft" and not instruct else -1 if cell["method"] == "sft" else 0)
-        if cell["method"] == "dpo":
-            value = 0.5 + sign * (0.05 if instruct else -0.15)
-        value -= sign * 0.1 * (cell["data"] == "hh-rlhf") + sign * 0.1 * (cell["preference"] == "mix")
-        value += sign * 0.1 * (cell["merge"] != "none")
-        value += sign * 0.05 * (cell["merge"] == "dare_all")
-        slope = sign * (0.1 if instruct else -0.1) if cell["method"] == "dpo" else 0.0
-        for step in checkpoint_steps(cell["steps"], cell["checkpoints"]):
-            at = value - slope * (1 - step / cell["steps"]) + rng.normal(0, 0.005)
-            rows += [dict(cell, benchmark=b, score=at, step=step) for b in BENCHMARKS]
+        steps = [0] if cell["method"] == "none" else checkpoint_steps(cell["steps"], cell["checkpoints"])
+        value, slope = 0.5, 0.0
+        if cell["method"] == "sft":
+            value += sign * (-0.05 if instruct else 0.05)
+            value -= sign * 0.05 * (cell["data"] == "hh-rlhf")  # informative data helps SFT more
+        elif cell["method"] == "dpo":
+            value += sign * (0.05 if instruct else -0.15)
+            value -= sign * 0.05 * (cell["preference"] == "mix")  # mixing hurts DPO more
+            slope = sign * (0.1 if instruct else -0.1)
+        if cell["method"] != "none":
+            value -= sign * 0.1 * (cell["data"] == "hh-rlhf") + sign * 0.1 * (cell["preference"] == "mix")
+            value += sign * 0.1 * (cell["merge"] != "none") + sign * 0.05 * (cell["merge"] == "dare_all")
+        for step in steps:
+            at = value - (slope * (1 - step / cell["steps"]) if step else 0.0)
+            rows += [dict(cell, benchmark=b, step=step,
+                          score=(0.5 if b == "redinstruct" else at) + rng.normal(0, 0.005)) for b in BENCHMARKS]
     frame = pd.DataFrame(rows)
     return frame.drop(columns=[c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()])
 
 
 def test_claims_follow_the_scores():
+    "Each rule on the same design, 5 seeds: the effect present is reproduced, reversed is not, absent never is."
     params = PEFT_GRID.parameters()
     cells = design_cells(params)
-    reproduced = claims_table(score_table(_synthetic_results(cells)), params)
-    assert list(reproduced.claim_id) == [str(i) for i in range(1, 9)]
-    assert (reproduced.verdict == "reproduced").all(), reproduced[["claim_id", "measured", "statistic"]]
-    flipped = claims_table(score_table(_synthetic_results(cells, flip=True)), params)
-    assert (flipped.verdict[flipped.claim_id != "7"] == "not reproduced").all(), flipped[["claim_id", "statistic"]]
-    assert set(flipped.verdict) <= set(VERDICTS)
+    claims = lambda **kind: claims_table(score_table(_synthetic_results(cells, **kind)), params).set_index("claim_id")
+    reproduced = claims()
+    assert list(reproduced.index) == [str(i) for i in range(1, 9)] and set(reproduced.reset_index().columns) == set(CLAIM_COLUMNS)
+    assert (reproduced.verdict == "reproduced").all(), reproduced[["note", "statistic"]]
+    assert (reproduced.n == 5).all() and reproduced.unit.str.startswith("seeds").all()
+    flipped = claims(flip=True)
+    assert (flipped.verdict.drop("7") == "not reproduced").all(), flipped[["note", "statistic"]]
+    assert flipped.loc["7", "verdict"] == "reproduced"  # both PEFTs reversed alike: they still agree
+    assert claims(flip_qlora=True).loc["7", "verdict"] == "not reproduced"  # LoRA and QLoRA disagree
+    for seed in range(3):
+        null = claims(null=True, seed=seed)
+        assert "reproduced" not in set(null.verdict), null[["verdict", "note"]]
+
+
+def test_three_seeds_decide_nothing():
+    params = PEFT_GRID.parameters(seeds=[0, 1, 2])
+    table = claims_table(score_table(_synthetic_results(design_cells(params))), params)
+    assert set(table.verdict) == {"inconclusive"} and (table.n <= 3).all()
 
 
 def test_claims_measured_change_with_seeds():
@@ -60,6 +80,28 @@ def test_claims_measured_change_with_seeds():
     assert (first.statistic != second.statistic).any()
 
 
+def test_every_replicate_pre_trains_its_own_models():
+    cells = pd.DataFrame(design_cells(PEFT_GRID.parameters()))
+    def pretraining(model: str, seed: int) -> int:  # the seed of the base model a model is (or is tuned from)
+        entry = resolve_plan("toy", [model], seed=seed)["models"][model]
+        return ModelSpec(**entry.get("spec", entry.get("base"))).seed
+    seeds = {(c["model"], c["seed"]): pretraining(c["model"], c["seed"]) for c in cells.to_dict("records")}
+    by_model = pd.Series(seeds).groupby(level=0).nunique()
+    assert (by_model == 5).all()  # five pre-trainings per model
+    bases = {(m.split("-")[0], s): v for (m, s), v in seeds.items()}
+    assert len(set(bases.values())) == len(bases) == 10  # no two families or seeds share a pre-training
+
+
+def test_shuffled_preferences_swap_labels_and_key_the_adapters():
+    plan = resolve_plan("toy")
+    pairs = training_pairs(plan, ToyWorld(), "beavertails", "harmless", 40, "llama-base", seed=3)
+    shuffled = training_pairs(plan, ToyWorld(), "beavertails", "harmless", 40, "llama-base", seed=3, shuffle=True)
+    swapped = np.array(list(pairs["chosen"])) != np.array(list(shuffled["chosen"]))
+    assert 0.2 < swapped.mean() < 0.8 and sorted([*pairs["chosen"], *pairs["rejected"]]) == sorted([*shuffled["chosen"], *shuffled["rejected"]])
+    cells = design_cells(PEFT_GRID.parameters(shuffle_preferences=True))
+    assert all(c["shuffle_preferences"] for c in cells)
+
+
 def test_design_has_every_axis_and_three_seeds_per_comparison():
     params = PEFT_GRID.parameters()
     plan = pd.DataFrame(design_cells(params))
@@ -67,7 +109,7 @@ def test_design_has_every_axis_and_three_seeds_per_comparison():
                        ("peft", "pefts"), ("rank", "ranks"), ("merge", "merges")]:
         assert set(params[name]) <= set(plan[axis]), axis
     side = plan[(plan["data"] == "hh-rlhf") | (plan.peft == "lora")]
-    assert side.groupby(["model", "method", "data", "peft"]).seed.nunique().min() >= 3
+    assert side.groupby(["model", "method", "data", "peft"]).seed.nunique().min() >= 5
     assert not plan.duplicated(subset=[c for c in plan.columns if c != "checkpoints"]).any()
     full = design_cells(PEFT_GRID.parameters(design="full", seeds=[0]))
     assert len(full) > len(plan) / 3

@@ -5,10 +5,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alignrepro.core import ParameterError, RunStore, VERDICTS
+from alignrepro.core import CLAIM_COLUMNS, ParameterError, RunStore
 from alignrepro.models import pretrain, toy_tokenizer
-from alignrepro.repe import (REPE, alignment_scores, claims_table, decoder_layers, direction, layer_indices,
-                             norm_sweep, read_activations, resolve_plan, seed_statistics, steer, steering_vectors)
+from alignrepro.repe import (REPE, alignment_scores, claims_table, decoder_layers, direction, fit_power, layer_indices,
+                             norm_sweep, random_directions, read_activations, replicate_unit, resolve_plan,
+                             seed_statistics, steer, steering_vectors)
 from alignrepro.study import ModelSpec, pretrained
 from alignrepro.world import ToyWorld, WorldConfig
 
@@ -130,32 +131,98 @@ def test_norm_sweep_rows_and_reference(tiny):
         norm_sweep(model, tokenizer, units, scales, [1.0, -1.0], behaviour, questions, ["the sun is warm today ."])
 
 
-def _synthetic_sweeps(slope: float, curvature: float, seeds=(0, 1, 2)) -> pd.DataFrame:
-    norms = np.array([-2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 1, 2])
+NORMS = np.array([-2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 1, 2])
+
+
+def _synthetic_sweeps(alignment=lambda r: 0.5 + 0.3 * np.tanh(r / 3), helpfulness=lambda r: 0.3 - 0.05 * r ** 2,
+                      seeds=range(5), noise=1e-4) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        alignment = 0.5 + 0.3 * np.tanh(slope / 0.3 * norms) + rng.normal(0, 1e-4, norms.size)
-        p_correct = 0.3 + curvature * norms ** 2 + rng.normal(0, 1e-4, norms.size)
-        rows.append(pd.DataFrame(dict(seed=seed, norm=norms, alignment=alignment, p_correct=p_correct)))
+        rows.append(pd.DataFrame(dict(seed=seed, norm=NORMS, alignment=alignment(NORMS) + rng.normal(0, noise, NORMS.size),
+                                      p_correct=helpfulness(NORMS) + rng.normal(0, noise, NORMS.size))))
     return pd.concat(rows, ignore_index=True)
 
 
-def test_statistics_and_verdicts_follow_the_data():
-    stats = seed_statistics(_synthetic_sweeps(0.1, -0.05), small_norm=0.5)
+def _verdicts(sweeps: pd.DataFrame, small_norm: float = 0.5) -> pd.Series:
+    claims = claims_table(seed_statistics(sweeps, small_norm), "toy", "seeds (test)")
+    assert list(claims.columns) == CLAIM_COLUMNS and (claims.unit == "seeds (test)").all()
+    return claims.set_index("claim_id").verdict.rename(lambda c: c.removesuffix("_toy"))
+
+
+def test_statistics_follow_the_data():
+    stats = seed_statistics(_synthetic_sweeps(), small_norm=0.5)
     assert np.allclose(stats.alignment_slope, 0.1, atol=0.01) and np.allclose(stats.helpfulness_curvature, -0.05, atol=0.005)
+    assert np.allclose(stats.alignment_exponent, 1.0, atol=0.1) and np.allclose(stats.helpfulness_exponent, 2.0, atol=0.2)
     assert np.allclose(stats.efficient_until, 2.0, rtol=0.15)
-    claims = claims_table(stats, "toy", 0.5).set_index("claim_id")
-    assert set(claims.verdict) <= set(VERDICTS) and len(claims) == 6
-    assert (claims.verdict == "reproduced").all(), claims.verdict
-    opposite = claims_table(seed_statistics(_synthetic_sweeps(-0.1, 0.05), 0.5), "toy", 0.5).set_index("claim_id")
-    assert opposite.verdict["alignment_increases_toy"] == "not reproduced"
-    assert opposite.verdict["helpfulness_decreases_toy"] == "not reproduced"
+    assert (stats.edge == 0.5).all() and (stats.far == 2).all() and (stats.p_correct_zero > stats.p_correct_plus).all()
+
+
+def test_paper_shapes_are_reproduced_with_5_seeds_and_undecided_with_3():
+    assert (_verdicts(_synthetic_sweeps()) == "reproduced").all()
+    assert set(_verdicts(_synthetic_sweeps(seeds=range(3)))) == {"inconclusive"}
+
+
+def test_reversed_effects_are_not_reproduced():
+    verdicts = _verdicts(_synthetic_sweeps(lambda r: 0.5 - 0.3 * np.tanh(r / 3), lambda r: 0.3 + 0.05 * r ** 2))
+    for claim in ("alignment_increases", "helpfulness_decreases", "efficient_regime"):
+        assert verdicts[claim] == "not reproduced", (claim, verdicts[claim])
+
+
+@pytest.mark.parametrize("noise", [1e-3, 1e-2])
+def test_null_effects_are_never_reproduced(noise):
+    for seeds in (range(5), range(5, 10), range(10, 20)):
+        verdicts = _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0 * r, lambda r: 0.3 + 0 * r, seeds, noise))
+        for claim in ("alignment_increases", "helpfulness_decreases", "efficient_regime", "alignment_saturates"):
+            assert verdicts[claim] != "reproduced", (claim, list(seeds), noise)
+
+
+def test_wrong_orders_fail_the_exponent_claims():
+    "A second-order alignment gain is not linear; a first-order (|r|) helpfulness loss is not quadratic."
+    verdicts = _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0.1 * r * np.abs(r), lambda r: 0.3 - 0.05 * np.abs(r)))
+    assert verdicts["alignment_linear"] == verdicts["helpfulness_quadratic"] == "not reproduced"
+    assert verdicts["helpfulness_decreases"] == "reproduced"  # it still decreases, at first order
+
+
+def test_saturation_fails_for_a_curve_that_turns_down_or_never_bends():
+    assert _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0.1 * r - 0.05 * r ** 2))["alignment_saturates"] == "not reproduced"
+    collapse = lambda r: np.where(np.abs(r) > 0.5, 0.5, 0.5 + 0.1 * r)  # falls back to chance beyond small norms
+    assert _verdicts(_synthetic_sweeps(collapse))["alignment_saturates"] == "not reproduced"
+    assert _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0.1 * r, noise=1e-3))["alignment_saturates"] != "reproduced"
+    no_beyond = _synthetic_sweeps()
+    claims = claims_table(seed_statistics(no_beyond[no_beyond.norm.abs() <= 0.5], 0.5), "toy").set_index("claim_id")
+    assert claims.verdict["alignment_saturates_toy"] == "inconclusive" and "not applicable" in claims.note["alignment_saturates_toy"]
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_fit_power_recovers_the_exponent_from_noisy_curves(p):
+    rng = np.random.default_rng(int(p))
+    x = np.linspace(-0.5, 0.5, 11)
+    found = np.array([fit_power(x, 0.3 - 0.05 * np.abs(x) ** p + rng.normal(0, 2e-4, x.size))["p"] for _ in range(30)])
+    assert abs(np.median(found) - p) < 0.15 and np.mean(np.abs(found - p) < 0.5) > 0.9
+
+
+def test_units_say_what_a_seed_redraws():
+    toy = resolve_plan(REPE.parameters())
+    assert replicate_unit(toy) == "seeds (toy model pre-training, stimuli and test prompts re-drawn)"
+    assert "one pre-trained toy model" in replicate_unit(resolve_plan(REPE.parameters(toy_model_seed=0)))
+    assert replicate_unit(resolve_plan(REPE.parameters(), "small")).endswith("one pre-trained model)")
+
+
+def test_random_direction_is_a_seeded_unit_vector():
+    units = {0: torch.zeros(64), 2: torch.zeros(64)}
+    first, again, other = (random_directions(units, seed) for seed in (0, 0, 1))
+    assert all(torch.isclose(v.norm(), torch.tensor(1.0)) for v in first.values())
+    assert torch.equal(first[0], again[0]) and not torch.equal(first[0], first[2])
+    assert abs(float(first[0] @ other[0])) < 0.5
+    assert resolve_plan(REPE.parameters(direction="random"))["direction"] == "random"
+    with pytest.raises(ParameterError, match="direction"):
+        REPE.parameters(direction="sideways")
 
 
 def test_resolve_plan_for_every_scale():
     toy = resolve_plan(REPE.parameters(toy_size="xs", toy_tokens=1000, norms=[1, -1, 0, 0.5, -0.5], small_norm=1))
-    assert ModelSpec(**toy["model"]) == ModelSpec(size="xs", n_tokens=1000, seed=0)
+    assert ModelSpec(**toy["model"]) == ModelSpec(size="xs", n_tokens=1000, seed=None)  # one model per seed
     assert toy["behaviour"] == "world:sentiment" and toy["norms"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     small = resolve_plan(REPE.parameters(small_n=4), "small")
     assert small["model"]["kind"] == "smollm2" and small["questions"] == "facts:capital" and small["n_neutral"] == 2
