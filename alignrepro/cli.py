@@ -16,7 +16,7 @@ from . import __version__
 from .core import RunStore, parse_value
 
 GRID_STUDIES = {"elasticity": "alignrepro.elasticity", "peft": "alignrepro.peft_grid", "repe": "alignrepro.repe",
-                "honesty": "alignrepro.honesty"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
+                "honesty": "alignrepro.honesty", "token_shift": "alignrepro.token_shift"}  # study -> module with `grid_plan(**parameters) -> (cells, fn)`
 
 # %% auto #0
 __all__ = ['GRID_STUDIES', 'parser', 'main', 'runs_table', 'runs_summary']
@@ -45,8 +45,8 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("--root", default=None, help="run store folder (default $ALIGNREPRO_RUNS or ~/.cache/alignrepro/runs)")
     grid = commands.add_parser("grid", help="run a study's grid of cells, resuming where it stopped")
     grid.add_argument("study", choices=sorted(GRID_STUDIES), help="which study's grid")
-    grid.add_argument("--executor", choices=["local", "pool", "submitit"], default="local",
-                      help="local: one cell after another here; pool: worker processes here, one thread each; "
+    grid.add_argument("--executor", choices=["local", "pool", "submitit"], default="pool",
+                      help="pool (default): worker processes here, one thread each; local: one cell after another here; "
                            "submitit: a Slurm job array where found, else local jobs")
     grid.add_argument("--max-parallel", type=int, default=None,
                       help="cells running at once (default: every core for pool, else 1)")

@@ -74,6 +74,12 @@ CHAPTERS = {
         [2, 3], 8, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
         headline="multisample_gain", negative=dict(shuffle_known=True), extra=_honesty_tables,
         moved=_honesty_questions_moved),
+    "07_token_shift": Contract(
+        "alignrepro.token_shift:TOKEN_SHIFT",
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=6, n_harm=5, n_eval=3, sft_steps=2,
+             max_new_tokens=8),
+        [1, 2, 3], 9, ["shares.png", "positions.png", "urial.png"], dict(alignment="dpo"),
+        "C3_style_shift", dict(alignment="base_samples")),
 }
 NBS = Path(__file__).resolve().parent.parent / "nbs"
 

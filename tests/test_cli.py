@@ -39,7 +39,8 @@ def test_every_chapter_has_a_grid_of_stored_replicates():
     from alignrepro.cli import GRID_STUDIES
     from test_chapters import CHAPTERS
 
-    tiny = {"elasticity": "03_elasticity", "peft": "04_peft_grid", "repe": "05_repe", "honesty": "06_honesty"}
+    tiny = {"elasticity": "03_elasticity", "peft": "04_peft_grid", "repe": "05_repe", "honesty": "06_honesty",
+            "token_shift": "07_token_shift"}
     assert set(GRID_STUDIES) == set(tiny)
     for study, chapter in tiny.items():
         cells, fn = importlib.import_module(GRID_STUDIES[study]).grid_plan(**CHAPTERS[chapter].tiny)
