@@ -427,7 +427,6 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
              store: RunStore | None = None,  # where start models and adapters are cached; default `RunStore()`
             ) -> pd.DataFrame:
     "Evaluate one cell: rows `benchmark`, `score`, `step` (every checkpoint of an adapter; 0 for the start model)."
-    torch.set_num_threads(1)  # toy models: one thread per cell is fastest on a shared CPU (parallelism is across cells)
     store, plan = store or RunStore(), _plan(cell)
     world = ToyWorld(WorldConfig(seed=cell["world_seed"]))
     sets = eval_sets(world, cell["n_eval"])

@@ -353,7 +353,6 @@ def run_replicate(cell: dict,  # {study, plan, seed}, one of `replicates`' cells
                   store: RunStore,  # where toy models are cached
                  ) -> pd.DataFrame:
     "One seed of the plan on its own pre-trained base (unless the plan fixes the pre-training seed)."
-    torch.set_num_threads(1)
     spec = ModelSpec(**cell["plan"]["model"]).for_seed(cell["seed"])
     base, tokenizer = load(spec, store)
     return replicate(cell["plan"], cell["seed"], base, tokenizer)
