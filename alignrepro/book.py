@@ -159,7 +159,7 @@ def forest_plot(claims: pd.DataFrame  # `claims_summary` rows
     axes.set_xlim(-1.1, 1.1)
     axes.set_xlabel("estimate and interval minus the threshold, each claim scaled to its interval (0 = threshold)")
     axes.legend(handles=[axes.plot([], [], "o-", color=c, label=v)[0] for v, c in VERDICT_COLOURS.items()],
-                loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.5 / (0.3 * len(rows) + 1.2)), ncol=3, fontsize=8)
+                loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8)
     return figure
 
 
