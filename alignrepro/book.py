@@ -195,7 +195,8 @@ VERDICT_MEANING = (
     "side of the threshold (for a claim of no difference: inside the margin). **Not reproduced**: it lies on the "
     "other side (outside the margin). **Inconclusive**: the interval crosses the threshold, or there are fewer "
     "than 5 units, or the interval has zero width, or the claim cannot be tested at that scale; the note says "
-    "which. The p-value is the exact sign-flip test of the mean against the threshold.")
+    "which. The p-value is the exact sign-flip test of the mean against the threshold, shown beside the interval: "
+    "with 5 units it cannot fall below 2/32 = 0.0625, so the verdict follows the interval, not the p-value.")
 
 
 def claims_page(out: str | Path):
