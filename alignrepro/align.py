@@ -325,8 +325,25 @@ def training_log(trainer: SFTTrainer | DPOTrainer) -> pd.DataFrame:
     first = [c for c in ("step", "loss", "learning_rate", "grad_norm", "epoch") if c in log.columns]
     return log[first + [c for c in log.columns if c not in first]].reset_index(drop=True)
 
+@contextlib.contextmanager
+def _vocabulary_wide_tiles(model: PreTrainedModel):
+    """trl's fused LM head scores the vocabulary in tiles of 32,768 columns and allocates that width on every call;
+    for a smaller vocabulary one tile of its own width computes the same numbers without the allocation."""
+    import trl.trainer.utils as trl_utils
+    default = getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+    vocabulary = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else None
+    if default is None or vocabulary is None or vocabulary >= default:
+        yield
+        return
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = vocabulary
+    try:
+        yield
+    finally:
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = default
+
 def _train(trainer: SFTTrainer | DPOTrainer) -> tuple[PreTrainedModel, pd.DataFrame]:
-    trainer.train()
+    with _vocabulary_wide_tiles(trainer.model):
+        trainer.train()
     model = strip_fused_forward(trainer.model).eval()
     return model, training_log(trainer)
 

@@ -5,17 +5,22 @@
 # %% ../nbs/07_book.ipynb #56793b02
 from __future__ import annotations
 
+import ast
 import base64
 import html
 import importlib
 import importlib.util
 import inspect
 import io
+import json
+import multiprocessing
 import os
 import re
+import resource
 import shutil
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,23 +218,36 @@ def claims_page(out: str | Path):
         "Click a column's header to sort by it.", table + "\n" + _SORT_SCRIPT])
 
 
+def _signature(node: ast.FunctionDef | ast.ClassDef) -> str:
+    "A function's signature as written, or a class's constructor: its `__init__` or its dataclass fields."
+    if isinstance(node, ast.ClassDef):
+        init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+        if init is None:
+            fields = [f"{ast.unparse(n.target)}: {ast.unparse(n.annotation)}"
+                      + (f" = {ast.unparse(n.value)}" if n.value is not None else "")
+                      for n in node.body if isinstance(n, ast.AnnAssign)]
+            return f"({', '.join(fields)})" if fields else "(...)"
+        node = init
+    args = ast.unparse(node.args)
+    if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+        args = re.sub(r"^self(, )?", "", args)
+    return f"({args})" + (f" -> {ast.unparse(node.returns)}" if node.returns is not None else "")
+
+
 def api_page(modules: list[str]  # module names, e.g. ["alignrepro.core"]
             ):
-    "The API reference page: each module's public names with signature and docstring."
+    """The API reference page: each module's public names with signature and docstring, read from the source
+    (importing the library would load torch, transformers and trl: seconds for a page of text)."""
     blocks = []
     for name in modules:
-        module = importlib.import_module(name)
-        blocks.append(f"## `{name}`\n\n{(module.__doc__ or '').strip()}")
-        for attr in getattr(module, "__all__", []):
-            obj = getattr(module, attr)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                continue
-            try:
-                signature = str(inspect.signature(obj))
-            except (TypeError, ValueError):
-                signature = "(...)"
-            doc = html.escape(inspect.getdoc(obj) or "")
-            blocks.append(f"### `{attr}`\n\n```python\n{attr}{signature}\n```\n\n{doc}")
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        blocks.append(f"## `{name}`\n\n{(ast.get_docstring(tree) or '').strip()}")
+        defined = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        public = next((ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                       and any(getattr(t, "id", "") == "__all__" for t in n.targets)), [])
+        for attr in (a for a in public if a in defined):
+            doc = html.escape(inspect.cleandoc(ast.get_docstring(defined[attr]) or ""))
+            blocks.append(f"### `{attr}`\n\n```python\n{attr}{_signature(defined[attr])}\n```\n\n{doc}")
     return _markdown_page("API reference", blocks)
 
 # %% ../nbs/07_book.ipynb #e2b7ff67
@@ -240,6 +258,8 @@ class PageResult:
     status: str  # "executed", "copied", "failed", "missing"
     seconds: float = 0.0
     error: str = ""
+    cpu_seconds: float = 0.0  # CPU time of the page's kernel and every process it waited for
+    peak_mib: float = 0.0  # the largest resident set among them (right when the page ran in a fresh process)
 
 
 def _has_parameters(notebook) -> bool:
@@ -259,10 +279,10 @@ def run_page(source: Path,  # the page's notebook in nbs/
              parameters: dict,  # papermill parameters for chapters
              cwd: Path,  # the folder chapters run in
             ) -> PageResult:
-    "Execute a chapter with papermill into `dest`, or copy a plain page."
+    "Execute a chapter with papermill into `dest`, or copy a plain page; with what it cost."
     import nbformat
     import papermill
-    start = time.time()
+    start, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     if not source.exists():
         return PageResult(source.name, "missing")
     if not _has_parameters(nbformat.read(source, as_version=4)):
@@ -270,10 +290,13 @@ def run_page(source: Path,  # the page's notebook in nbs/
         return PageResult(source.name, "copied", time.time() - start)
     try:
         papermill.execute_notebook(str(source), str(dest), parameters=parameters, cwd=str(cwd),
-                                   progress_bar=True, kernel_name="python3")
-        return PageResult(source.name, "executed", time.time() - start)
-    except Exception as error:  # papermill wraps the cell's error; report it and go on with the book
-        return PageResult(source.name, "failed", time.time() - start, _failure_text(error))
+                                   progress_bar=dict(desc=source.stem), kernel_name="python3")
+        status, error = "executed", ""
+    except Exception as failure:  # papermill wraps the cell's error; report it and go on with the book
+        status, error = "failed", _failure_text(failure)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
+    return PageResult(source.name, status, time.time() - start, error, cpu, after.ru_maxrss / 1024)
 
 # %% ../nbs/07_book.ipynb #0648d0e7
 def _cell_options(source: str) -> tuple[dict, str]:
@@ -412,7 +435,8 @@ class BookResult:
         return [p for p in self.pages if p.status == "failed"]
 
     def summary(self) -> str:
-        lines = [f"{p.page:28s} {p.status:9s} {p.seconds:7.1f}s" for p in self.pages]
+        lines = [f"{p.page:28s} {p.status:9s} {p.seconds:7.1f}s  CPU/wall {p.cpu_seconds / max(p.seconds, 1e-9):4.2f}  "
+                 f"peak {p.peak_mib:6.0f} MiB" for p in self.pages]
         lines.append(f"{len(self.failed)} failed, {sum(p.status == 'executed' for p in self.pages)} executed; "
                      f"book: {self.site}")
         for p in self.failed:
@@ -427,6 +451,7 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
                renderer: str = "auto",  # "auto" (Quarto if on PATH), "quarto" or "nbconvert"
                online: bool = False,  # allow chapters to download from the Hugging Face hub
                log=print,  # where progress lines go
+               jobs: int | None = None,  # pages executed at once, each in its own process; None: 2 (1 on one core)
               ) -> BookResult:
     "Execute the book's chapters with papermill into `out`, add the claims and API pages, and render."
     if not online:  # chapter kernels inherit this environment
@@ -437,15 +462,19 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     wanted = {Path(c).stem for c in chapters} if chapters else None
     outline = book_outline(project)
     pages = [page for _, page in outline]
-    results = []
-    for number, page in enumerate(pages, 1):
-        if page in GENERATED_PAGES or (wanted and Path(page).stem not in wanted and page != "index.ipynb"):
-            continue
-        log(f"[{number}/{len(pages)}] {page} ...")
-        params = {**(parameters or {}), "out_dir": str(out / Path(page).stem)}
-        result = run_page(project / "nbs" / page, out / page, params, cwd=project / "nbs")
-        log(f"[{number}/{len(pages)}] {page} {result.status} in {result.seconds:.1f}s")
-        results.append(result)
+    todo = [(number, page) for number, page in enumerate(pages, 1) if page not in GENERATED_PAGES
+            and (not wanted or Path(page).stem in wanted or page == "index.ipynb")]
+    jobs = jobs or min(2, os.cpu_count() or 1)
+    log(f"{len(todo)} pages, {jobs} at a time: " + ", ".join(page for _, page in todo))
+    spawn = multiprocessing.get_context("spawn")  # a fresh process per page: its costs are its own
+    with ProcessPoolExecutor(jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
+        running = {pool.submit(run_page, project / "nbs" / page, out / page,
+                               {**(parameters or {}), "out_dir": str(out / Path(page).stem)}, project / "nbs"):
+                   (number, page) for number, page in todo}
+        for job in as_completed(running):
+            (number, page), result = running[job], job.result()
+            log(f"[{number}/{len(pages)}] {page} {result.status} in {result.seconds:.1f}s")
+    results = [job.result() for job in running]  # in book order
     site = _render(out, project, outline, renderer)
     return BookResult(site, results)
 
@@ -477,11 +506,11 @@ def _render(out: Path, project: Path, outline: list[tuple[str | None, str]], ren
 
 def _library_modules(project: Path) -> list[str]:
     "Every library module in notebook order: the `#| default_exp` cell of each notebook in `nbs/`."
-    import nbformat
     names = []
-    for path in sorted((project / "nbs").glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            match = cell.cell_type == "code" and re.match(r"\s*#\s*\|\s*default_exp\s+([\w.]+)", cell.source)
+    for path in sorted((project / "nbs").glob("*.ipynb")):  # plain JSON: nbformat's validation takes seconds here
+        for cell in json.loads(path.read_text())["cells"]:
+            match = cell["cell_type"] == "code" and re.match(r"\s*#\s*\|\s*default_exp\s+([\w.]+)",
+                                                            "".join(cell["source"]))
             if match:
                 names.append(f"alignrepro.{match.group(1)}")
                 break

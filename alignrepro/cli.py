@@ -36,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     book.add_argument("--renderer", choices=["auto", "quarto", "nbconvert"], default="auto",
                       help="auto uses Quarto when it is on PATH, else nbconvert")
     book.add_argument("--online", action="store_true", help="allow downloads from the Hugging Face hub (default offline)")
+    book.add_argument("--jobs", type=int, default=None, help="chapters executed at once (default 2, 1 on one core)")
     runs = commands.add_parser("runs", help="list the runs in the run store, a table per study")
     runs.add_argument("--study", default=None, help="only this study's runs")
     runs.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -67,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
 def _book(args) -> int:
     from alignrepro.book import build_book
     parameters = {name: parse_value(value) for name, value in args.parameter}
-    result = build_book(args.out, args.project, args.chapters, parameters, args.renderer, args.online)
+    result = build_book(args.out, args.project, args.chapters, parameters, args.renderer, args.online,
+                        jobs=args.jobs)
     print(result.summary())
     return 1 if result.failed else 0
 

@@ -5,6 +5,7 @@
 # %% ../nbs/02d_grid.ipynb #3acd49aa
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import multiprocessing
@@ -63,7 +64,7 @@ def _cell_threads(executor: str, slurm: dict | None) -> int:
 def _pool(workers: int) -> ProcessPoolExecutor:
     "Worker processes, forked where the platform can (cells defined in a notebook then run as they are)."
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=gc.freeze)
 
 
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
@@ -117,6 +118,8 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
             + ", ".join(f"{k}={v}" for k, v in cell.items()  # scalars only: a cell's plan is long
                         if k not in ("study", *_KEY_ONLY) and not isinstance(v, (dict, list))))
 
+    gc.collect()  # then freeze what is left (torch, transformers: ~10^6 objects, never garbage): trainers call
+    gc.freeze()   # gc.collect() on every run, which then skips them (a forked worker inherits the frozen objects)
     if executor == "local":
         for cell in pending:
             finished(cell, _run_cell(str(store.root), cell, fn))

@@ -218,3 +218,19 @@ def test_trainers_hide_dataset_preparation_bars_and_restore_the_setting(tiny, sf
     build(model, tokenizer, data, quick("cpu_sft" if build is sft_trainer else "cpu_dpo"))
     assert "Tokenizing" not in capsys.readouterr().err
     assert datasets.is_progress_bar_enabled()
+
+
+def test_vocabulary_wide_tiles_train_to_the_same_numbers(tiny, sft_data, dpo_data):
+    "trl's fused head with one tile of the toy vocabulary's width gives exactly what its 32,768-wide tiles give."
+    import trl.trainer.utils as trl_utils
+    from alignrepro.align import _vocabulary_wide_tiles
+    model, tokenizer = tiny
+    with _vocabulary_wide_tiles(model):
+        assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == len(tokenizer)
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == 32768  # restored
+    for train, data in ((sft, sft_data), (dpo, dpo_data)):
+        narrow = train(model, tokenizer, data, quick(f"cpu_{train.__name__}", max_steps=3), peft="lora")[1]
+        trainer = (sft_trainer if train is sft else dpo_trainer)(model, tokenizer, data,
+                                                                 quick(f"cpu_{train.__name__}", max_steps=3), peft="lora")
+        trainer.train()  # trl's own tiles
+        assert narrow.loss.tolist() == [e["loss"] for e in trainer.state.log_history if "loss" in e]

@@ -107,6 +107,15 @@ def test_book_runs_chapters_and_reports_the_broken_one(built):
     assert "deliberate failure in the broken chapter" in body(out / "_book" / "02_broken.html")  # errors stay
 
 
+def test_book_reports_what_each_chapter_cost(built):
+    proc, _ = built
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("01_dummy.ipynb") and "executed" in l)
+    busy, peak = re.search(r"CPU/wall\s+([\d.]+)\s+peak\s+(\d+) MiB", line).groups()
+    assert float(busy) > 0.05, line  # the kernel's CPU time was counted
+    assert int(peak) > 50, line  # a Python kernel with pandas loaded is larger than 50 MiB
+    assert "2 at a time" in proc.stdout
+
+
 def test_every_nbconvert_page_links_every_page_in_book_order(built):
     _, out = built
     site = out / "_book"

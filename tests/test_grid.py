@@ -135,3 +135,25 @@ def test_changed_cell_code_is_another_run(tmp_path, monkeypatch):
     importlib.reload(cellcode)
     table = run_grid(cells, cellcode.cell_rows, store, log=lines.append)
     assert lines[-3].startswith("grid: 0 of 2 cells already done") and table.y.tolist() == [10, 20]
+
+
+def pretrained_cell(cell, store):
+    "A replicate as the chapters run one: pre-train a toy model for the seed (a shared artefact), report its loss and weights."
+    from alignrepro.study import ModelSpec, pretrained
+    toy = pretrained(ModelSpec(size="xxs", n_tokens=3000).for_seed(cell["seed"]), store)
+    model, _ = toy.load(device="cpu")
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    return pd.DataFrame([dict(loss=float(toy.log.loss.iloc[-1]), checksum=checksum, steps=len(toy.log))])
+
+
+def test_one_worker_and_two_workers_store_identical_results(tmp_path):
+    cells = grid_cells({"study": "workers"}, {"seed": [0, 1, 2], "repeat": [0, 1]})  # two cells per model
+    stores = {n: RunStore(tmp_path / f"workers-{n}") for n in (1, 2)}
+    tables = {n: run_grid(cells, pretrained_cell, stores[n], executor="pool", max_parallel=n, log=lambda line: None)
+              for n in stores}
+    pd.testing.assert_frame_equal(tables[1], tables[2])
+    assert tables[1].checksum.nunique() == 3, "each seed must pre-train its own model"
+    for cell in cells:  # the stored files themselves, cell by cell
+        keyed = {**cell, "torch_threads": 1, "code": _code(pretrained_cell)}
+        pd.testing.assert_frame_equal(pd.read_parquet(stores[1].result_path(keyed)),
+                                      pd.read_parquet(stores[2].result_path(keyed)))
