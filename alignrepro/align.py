@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,7 @@ def quantize_4bit(model_or_path: PreTrainedModel | str | Path,  # a model in mem
 
 # %% ../nbs/02a_align.ipynb #d3c875c6
 _DEFAULT_OUTPUT_DIR = "trainer_output"  # transformers' name for "no output_dir given"
+_TEMP_PREFIX = "alignrepro-"  # the temporary output_dir given instead
 
 def _fit_to_machine(config: SFTConfig | DPOConfig) -> SFTConfig | DPOConfig:
     "A copy of the config that runs here: no paged optimiser or activation checkpointing without CUDA, a temp output_dir."
@@ -185,7 +187,7 @@ def _fit_to_machine(config: SFTConfig | DPOConfig) -> SFTConfig | DPOConfig:
             _logger.warning("activation checkpointing only costs time on a CPU; turned off")
             changes["activation_checkpointing"] = False
     if Path(config.output_dir).name == _DEFAULT_OUTPUT_DIR:
-        changes["output_dir"] = tempfile.mkdtemp(prefix="alignrepro-")
+        changes["output_dir"] = tempfile.mkdtemp(prefix=_TEMP_PREFIX)
     return _replace_config(config, **changes) if changes else config
 
 @contextlib.contextmanager
@@ -342,8 +344,13 @@ def _vocabulary_wide_tiles(model: PreTrainedModel):
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = default
 
 def _train(trainer: SFTTrainer | DPOTrainer) -> tuple[PreTrainedModel, pd.DataFrame]:
-    with _vocabulary_wide_tiles(trainer.model):
-        trainer.train()
+    try:
+        with _vocabulary_wide_tiles(trainer.model):
+            trainer.train()
+    finally:  # the temporary output_dir `_fit_to_machine` made (empty: nothing is saved there) goes with the run
+        folder = Path(trainer.args.output_dir)
+        if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(_TEMP_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
     model = strip_fused_forward(trainer.model).eval()
     return model, training_log(trainer)
 

@@ -17,7 +17,7 @@ from .models import LADDER, ARCHS, PretrainedToy, load_model, pretrain, smollm2
 from .world import WorldConfig
 
 # %% auto #0
-__all__ = ['ModelSpec', 'pretrained', 'load', 'Chapter', 'replicate_cells', 'replicates']
+__all__ = ['ModelSpec', 'pretrained', 'load', 'Chapter', 'replicate_cells', 'replicates', 'replicate_unit']
 
 # %% ../nbs/02e_study.ipynb #5cfe3f53
 @dataclass(frozen=True)
@@ -132,3 +132,14 @@ def replicates(study: str,  # the chapter's study name
               ) -> pd.DataFrame:
     "Every seed's rows of `fn` over the plan, each computed once and stored, with `study` and `seed` columns."
     return run_grid(replicate_cells(study, plan, seeds), fn, store=store, executor=executor, max_parallel=max_parallel, log=log)
+
+# %% ../nbs/02e_study.ipynb #e1a7d217
+def replicate_unit(spec: ModelSpec | dict,  # the model every replicate starts from (a plan's spec)
+                   redraws: str,  # what else one seed re-draws, in words: "alignment data and prompts"
+                  ) -> str:
+    "claims.csv's `unit`: seeds, what one seed re-draws, and the model where it is the same in every replicate."
+    spec = ModelSpec(**spec) if isinstance(spec, dict) else spec
+    if spec.kind == "toy" and spec.seed is None:
+        return f"seeds (pre-training, {redraws} re-drawn)"
+    fixed = f"one pre-trained toy model, seed {spec.seed}" if spec.kind == "toy" else f"the {spec.name or spec.kind} model"
+    return f"seeds ({redraws} re-drawn; {fixed}, the same in every replicate)"

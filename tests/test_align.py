@@ -1,6 +1,7 @@
 """Tests for alignrepro.align: SFT and DPO over trl, LoRA / QLoRA adapters, presets."""
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +235,13 @@ def test_vocabulary_wide_tiles_train_to_the_same_numbers(tiny, sft_data, dpo_dat
                                                                  quick(f"cpu_{train.__name__}", max_steps=3), peft="lora")
         trainer.train()  # trl's own tiles
         assert narrow.loss.tolist() == [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
+def test_a_run_leaves_no_temporary_output_folder(tiny, sft_data, tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the run's output_dir
+    model, tokenizer = tiny
+    trainer = sft_trainer(model, tokenizer, sft_data, quick("cpu_sft", max_steps=1))
+    assert Path(trainer.args.output_dir).parent == tmp_path  # the run was given a temporary folder...
+    sft(model, tokenizer, sft_data, quick("cpu_sft", max_steps=1))
+    assert [p.name for p in tmp_path.iterdir()] == [Path(trainer.args.output_dir).name]  # ...and sft removed its own
