@@ -9,7 +9,7 @@ import copy
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -22,7 +22,7 @@ from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .align import preset, sft, strip_fused_forward
+from .align import dpo, preset, sft, strip_fused_forward
 from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, optional,
                              save_figure, seed_everything, text)
 from .evaluate import completion_logprobs, kl_divergence, next_token_probs, sample, spearman_by_group, vader_sentiment
@@ -32,18 +32,20 @@ from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replic
 from .world import ToyWorld, WorldConfig, sentiment_score
 
 # %% auto #0
-__all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 'PRETRAIN_BATCH', 'PRETRAIN_LR', 'REPLICATES',
-           'RUN_KEYS', 'NO_VALUES', 'TRACKING_THRESHOLD', 'THEORY_RANGE', 'logit', 'crossing_point', 'initial_slope',
-           'fit_knee', 'resolve_plan', 'spec_label', 'plan_models', 'ladder_replicate', 'pretrain_ladder',
-           'SentimentData', 'sentiment_data', 'behaviour_probe', 'rebound_run', 'rebound_experiments',
-           'rebound_replicate', 'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data',
-           'resistance_replicate', 'resistance_gaps', 'experiment_runs', 'run_replicate', 'grid_plan', 'curve_summary',
-           'censored', 'censored_crossings', 'claim_unit', 'elasticity_claims', 'plot_resistance', 'plot_rebound',
-           'plot_controls', 'plot_trends', 'plot_theory', 'negatives_table', 'closing_text']
+__all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 'PRETRAIN_BATCH', 'PRETRAIN_LR',
+           'PRETRAINED_PAIR', 'REPLICATES', 'RUN_KEYS', 'REDRAWS', 'NO_VALUES', 'TRACKING_THRESHOLD', 'THEORY_RANGE',
+           'CROSSING_RANGE', 'logit', 'crossing_point', 'initial_slope', 'fit_knee', 'resolve_plan', 'spec_label',
+           'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData', 'sentiment_data', 'behaviour_probe',
+           'reversed_data', 'preference_pairs', 'rebound_run', 'rebound_experiments', 'rebound_replicate',
+           'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data', 'resistance_replicate',
+           'resistance_gaps', 'strength_cells', 'strength_replicate', 'experiment_runs', 'run_replicate', 'grid_plan',
+           'curve_summary', 'strength_summary', 'censored', 'censored_crossings', 'strength_map', 'elasticity_claims',
+           'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_variants', 'plot_strength_map', 'plot_trends',
+           'plot_theory', 'negatives_table', 'closing_text']
 
 # %% ../nbs/03a_elasticity.ipynb #36c3926c
 SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
-    "toy": dict(sizes=["xxs", "xs", "s"],  # "m" left out: at 16k tokens it ends under-trained (a worse loss than "s")
+    "toy": dict(sizes=["xxs", "xs", "s"],  # "m" left out: at 16k tokens it ended under-trained (a worse loss than "s")
                 n_pos=[32, 128, 512], n_neg=[0, 8, 16, 32, 48, 64, 96, 128, 192, 256],
                 lr=5e-4, peft="none", score="share"),
     "small": dict(model="smollm2", n_pos=[16, 64], n_neg=[0, 8, 16, 24, 32, 48], lr=2e-4, peft="lora", score="share"),
@@ -57,7 +59,8 @@ SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
 PAPER_PRESET = "ji_elasticity"  # alignrepro.align.PRESETS entry with the paper's hyper-parameters
 
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/elasticity", executor="pool", max_parallel=None, sizes=None, main_size="xs", model_name=None,
-                pretrain_tokens=16_000, pretrain_per_seed=True, token_fractions=[0.25, 0.5, 1.0], pos_share=0.7,
+                pretrain_tokens=16_000, pretrain_per_seed=True, token_fractions=[0.25, 0.5, 1.0],
+                k_fractions=[0.03, 0.1, 0.3, 1.0], k_n_pos=2, map_lrs=[1e-4, 2.2e-4, 5e-4], map_epochs=[1, 2], pos_share=0.7,
                 control_pos_share=0.3, review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8,
                 kl_threshold=0.05, resist_n=96, resist_prompts=48, n_eval=32, theory_points=4)
 
@@ -72,7 +75,9 @@ RULES = {**COMMON_RULES,
          "main_size": Rule("a toy rung from alignrepro.models.LADDER", lambda v: v in LADDER),
          "model_name": optional(text()),
          "pretrain_tokens": number(lo=1000, integer=True), "pretrain_per_seed": boolean(),
-         "token_fractions": number_list(min_len=2, lo=0.01, hi=1),
+         "token_fractions": number_list(min_len=2, lo=0.01, hi=1), "k_fractions": number_list(min_len=2, lo=0.001, hi=1),
+         "k_n_pos": number(lo=1, integer=True), "map_lrs": number_list(min_len=1, lo=0, hi=1),
+         "map_epochs": number_list(min_len=1, lo=1, integer=True),
          "pos_share": number(lo=0.01, hi=0.99), "control_pos_share": number(lo=0.01, hi=0.99),
          "review_share": number(lo=0.05, hi=1),
          "n_pos": optional(number_list(min_len=2, lo=1, integer=True)),
@@ -122,9 +127,9 @@ def crossing_point(x: Sequence[float],  # the grid, increasing (e.g. N_neg)
 
 # %% ../nbs/03a_elasticity.ipynb #80afc164
 def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    "Least-squares slope of y on x."
+    "Least-squares slope of y on x (NaN where a value is missing)."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    return float(np.polyfit(x, y, 1)[0])
+    return float(np.polyfit(x, y, 1)[0]) if np.isfinite(y).all() else float("nan")
 
 
 def initial_slope(x: Sequence[float],  # the grid
@@ -173,7 +178,7 @@ def _world(pos_share: float,  # share of positive reviews in pre-training
 
 def _toy_models(params: dict, sizes: list[str]) -> dict:
     "The toy specs of every experiment: one pre-training run per rung and share, loaded at several checkpoints."
-    checkpoints = sorted({0.0, 1.0, *map(float, params["token_fractions"])})
+    checkpoints = sorted({0.0, 1.0, *map(float, params["token_fractions"]), *map(float, params["k_fractions"])})
     toy = lambda size, share, fraction: ModelSpec(
         size=size, world=_world(share, params["review_share"]), n_tokens=params["pretrain_tokens"],
         seed=None if params["pretrain_per_seed"] else 0, checkpoints=checkpoints, fraction=fraction,
@@ -181,6 +186,7 @@ def _toy_models(params: dict, sizes: list[str]) -> dict:
     main, share = params["main_size"], params["pos_share"]
     return dict(main=toy(main, share, 1.0), size=[toy(size, share, 1.0) for size in sizes],
                 tokens=[toy(main, share, fraction) for fraction in sorted(params["token_fractions"])],
+                k_sweep=[toy(main, share, fraction) for fraction in sorted(params["k_fractions"])],
                 control_share=toy(main, params["control_pos_share"], 1.0), never=toy(main, share, 0.0))
 
 
@@ -188,7 +194,7 @@ def _hub_models(params: dict, defaults: dict) -> dict:
     "The hub specs of every experiment (small: SmolLM2 from its wheel; paper: the paper's models)."
     hub = lambda name: (ModelSpec(kind="smollm2") if name == "smollm2" else ModelSpec(kind="hub", name=name)).to_dict()
     return dict(main=hub(params["model_name"] or defaults["model"]), size=[hub(n) for n in defaults.get("size_models", [])],
-                tokens=[hub(n) for n in defaults.get("token_models", {})], control_share=None, never=None)
+                tokens=[hub(n) for n in defaults.get("token_models", {})], k_sweep=[], control_share=None, never=None)
 
 
 def resolve_plan(params: dict  # checked chapter parameters (`ELASTICITY.parameters`)
@@ -199,6 +205,8 @@ def resolve_plan(params: dict  # checked chapter parameters (`ELASTICITY.paramet
     plan = dict(scale=scale, n_pos=pick("n_pos"), n_neg=pick("n_neg"), peft=defaults["peft"], score=defaults["score"],
                 batch_size=params["batch_size"], pos_epochs=params["pos_epochs"], n_eval=params["n_eval"],
                 review_share=params["review_share"], resist_n=params["resist_n"], resist_prompts=params["resist_prompts"],
+                k_n_pos=params["k_n_pos"], map_lrs=params["map_lrs"], map_epochs=params["map_epochs"],
+                theory_points=params["theory_points"],
                 token_counts=defaults.get("token_models", {}))
     if scale == "paper":
         config = preset(PAPER_PRESET).config
@@ -347,18 +355,23 @@ def behaviour_probe(model,  # the model being scored
                     base,  # the pre-trained model (KL reference); None: no KL
                     data: SentimentData,  # the evaluation sets
                     text_tokens: int = 4,  # tokens sampled per prompt for the text oracle
+                    text: bool = True,  # sample and score text (`text_score`); False: NaN
+                    bpt: bool = True,  # bits per token on pre-training and alignment data; False: NaN
                    ) -> dict:
-    "`share`, `text_score`, `kl`, `bpt_pre`, `bpt_align` of a model."
-    was_training = model.training
+    "`share`, `text_score`, `kl`, `bpt_pre`, `bpt_align` of a model (the ones not asked for are NaN)."
+    was_training, nan = model.training, float("nan")
     model.eval()
     pos, neg = _single_token_words(tokenizer, data.pos_words), _single_token_words(tokenizer, data.neg_words)
     probs = next_token_probs(model, tokenizer, data.score_prompts, pos + neg)  # [prompts, words]
     share = float((probs[:, :len(pos)].sum(1) / probs.sum(1)).mean())
-    samples = [s[0] for s in sample(model, tokenizer, data.score_prompts, temperature=1.0, max_new_tokens=text_tokens)]
-    text_score = float(((data.text_scorer([f"{p} {s}" for p, s in zip(data.score_prompts, samples)]) + 1) / 2).mean())
-    kl = kl_divergence(model, base, tokenizer, data.kl_texts) if base is not None else float("nan")
-    bpt_pre = _bits_per_token(model, tokenizer, *_split_first_word(data.pretrain_texts))
-    bpt_align = _bits_per_token(model, tokenizer, data.align_eval["prompt"], [" " + c for c in data.align_eval["completion"]])
+    text_score = nan
+    if text:
+        samples = [s[0] for s in sample(model, tokenizer, data.score_prompts, temperature=1.0, max_new_tokens=text_tokens)]
+        text_score = float(((data.text_scorer([f"{p} {s}" for p, s in zip(data.score_prompts, samples)]) + 1) / 2).mean())
+    kl = kl_divergence(model, base, tokenizer, data.kl_texts) if base is not None else nan
+    bpt_pre = _bits_per_token(model, tokenizer, *_split_first_word(data.pretrain_texts)) if bpt else nan
+    bpt_align = _bits_per_token(model, tokenizer, data.align_eval["prompt"],
+                                [" " + c for c in data.align_eval["completion"]]) if bpt else nan
     model.train(was_training)
     return dict(share=share, text_score=text_score, kl=kl, bpt_pre=bpt_pre, bpt_align=bpt_align)
 
@@ -374,40 +387,86 @@ def _trainable(model, plan: dict):
     return get_peft_model(model, _recipe(plan).lora.lora_config()) if plan["peft"] == "lora" else model
 
 
+def reversed_data(data: SentimentData  # the sentiment data
+                 ) -> SentimentData:
+    "The same data with the polarities swapped: align on negatives, perturb with positives, score the negative share."
+    return replace(data, positive=data.negative, negative=data.positive, pos_words=data.neg_words, neg_words=data.pos_words,
+                   text_scorer=lambda texts: -data.text_scorer(texts))
+
+
+def _no_eos(text: str) -> str:
+    return text.replace("<eos>", "").strip()
+
+
+def preference_pairs(chosen: Dataset, rejected: Dataset  # `prompt`/`completion` rows: the preferred and the other
+                    ) -> Dataset:
+    """`prompt`/`chosen`/`rejected` rows on the chosen rows' prompts (trl's DPO schema). A toy review names its item
+    ("the oven is ..."): the rejected review is made to name the same item."""
+    rows = dict(prompt=[], chosen=[], rejected=[])
+    for prompt, good, bad in zip(chosen["prompt"], chosen["completion"], rejected["completion"]):
+        good, bad = _no_eos(good).split(" "), _no_eos(bad).split(" ")
+        if good[0] == bad[0] == "the" and len(good) > 2 and len(bad) > 2:
+            bad = good[:2] + bad[2:]
+        rows["prompt"].append(prompt), rows["chosen"].append(" ".join(good)), rows["rejected"].append(" ".join(bad))
+    return Dataset.from_dict(rows)
+
+
+def _dpo_aligned(model, tokenizer, data: SentimentData, n_pos: int, plan: dict, seed: int):
+    "The model after DPO (trl) on N_pos positive-over-negative pairs, with the plan's learning rate, batch size and epochs."
+    config = preset("cpu_dpo", learning_rate=plan["lr"], per_device_train_batch_size=plan["batch_size"],
+                    num_train_epochs=plan["pos_epochs"], max_steps=-1, lr_scheduler_type="constant", seed=seed,
+                    data_seed=seed, disable_tqdm=True)
+    tuned, _ = dpo(model, tokenizer, preference_pairs(data.positive(n_pos, seed), data.negative(n_pos, seed + 2)), config,
+                   peft=plan["peft"])
+    return tuned.train()
+
+
 def rebound_run(model,  # the pre-trained model (left unchanged)
                 tokenizer,  # its tokenizer
                 data: SentimentData,  # training and evaluation data
                 n_pos: int,  # positive examples
                 plan: dict,  # from `resolve_plan`: the N_neg grid (0 first), lr, batch size, epochs, adapter
                 seed: int = 0,  # seeds the examples and their order
+                variant: str = "sft",  # "sft"; "reversed": negatives first, then positives; "dpo": DPO, then SFT negatives
+                kl: bool = True,  # measure KL to the pre-trained model (else NaN)
+                bpt: bool = True,  # measure bits per token, at the first `theory_points` of the grid (all the theory reads)
                ) -> pd.DataFrame:
-    "The scores of one run at every N_neg, with the pre-trained model's scores as `base_*` columns."
+    """The scores of one run at every N_neg, with the pre-trained model's scores as `base_*` columns. Text is sampled
+    and scored beyond toy scale only."""
     seed_everything(seed)
-    base = behaviour_probe(model, tokenizer, None, data)
-    tuned, n_neg = _trainable(model, plan), plan["n_neg"]
-    positives = data.positive(n_pos, seed)
-    finetune(tuned, tokenizer, positives, plan["lr"], plan["batch_size"], plan["pos_epochs"], seed,
-             desc=f"positive N_pos={n_pos}")
+    data = reversed_data(data) if variant == "reversed" else data
+    text = plan["scale"] != "toy"
+    base = behaviour_probe(model, tokenizer, None, data, text=text, bpt=False)
+    positives, n_neg = data.positive(n_pos, seed), plan["n_neg"]
+    if variant == "dpo":
+        tuned = _dpo_aligned(model, tokenizer, data, n_pos, plan, seed)
+    else:
+        tuned = _trainable(model, plan)
+        finetune(tuned, tokenizer, positives, plan["lr"], plan["batch_size"], plan["pos_epochs"], seed,
+                 desc=f"positive N_pos={n_pos}")
     scores = []
-    score = lambda m, step, seen: scores.append(dict(n_neg=seen, **behaviour_probe(m, tokenizer, model, data))) \
-        if seen in n_neg else None
+    probe = lambda m: behaviour_probe(m, tokenizer, model if kl else None, data, text=text,
+                                      bpt=bpt and len(scores) < plan["theory_points"])
+    score = lambda m, step, seen: scores.append(dict(n_neg=seen, **probe(m))) if seen in n_neg else None
     finetune(tuned, tokenizer, data.negative(max(n_neg), seed + 1), plan["lr"], plan["batch_size"], 1, seed + 1,
              split_at=n_neg, callback=score, desc=f"negative after N_pos={n_pos}")
     align_tokens = sum(len(ids) - n for ids, n in completion_rows(tokenizer, positives["prompt"], positives["completion"]))
-    return pd.DataFrame(scores).assign(n_pos=n_pos, align_tokens=align_tokens,
+    return pd.DataFrame(scores).assign(n_pos=n_pos, align_tokens=align_tokens, variant=variant,
                                        **{f"base_{k}": v for k, v in base.items() if k != "kl"})
 
 # %% ../nbs/03a_elasticity.ipynb #54d50bd3
 def rebound_experiments(plan: dict  # from `resolve_plan`
-                       ) -> list[tuple[str, dict, list[int]]]:
-    "(experiment, model spec, N_pos values) of every rebound experiment the plan can run."
+                       ) -> list[tuple[str, dict, list[int], str]]:
+    "(experiment, model spec, N_pos values, `rebound_run` variant) of every rebound experiment the plan can run."
     models, n_pos = plan["models"], plan["n_pos"]
     middle, largest = [n_pos[len(n_pos) // 2]], [max(n_pos)]
-    experiments = [("main", models["main"], list(n_pos))]
-    experiments += [("size", spec, middle) for spec in models["size"]]
-    experiments += [("tokens", spec, middle) for spec in models["tokens"]]
-    experiments += [("control_share", models["control_share"], middle)] if models["control_share"] else []
-    experiments += [("never", models["never"], largest)] if models["never"] else []
+    experiments = [("main", models["main"], list(n_pos), "sft")]
+    experiments += [(variant, models["main"], middle, variant) for variant in ("reversed", "dpo")]
+    experiments += [("size", spec, middle, "sft") for spec in models["size"]]
+    experiments += [("tokens", spec, middle, "sft") for spec in models["tokens"]]
+    experiments += [("k_sweep", spec, [plan["k_n_pos"]], "sft") for spec in models["k_sweep"]]
+    experiments += [("control_share", models["control_share"], middle, "sft")] if models["control_share"] else []
+    experiments += [("never", models["never"], largest, "sft")] if models["never"] else []
     return experiments
 
 
@@ -418,31 +477,35 @@ def _pretrain_tokens(plan: dict, spec: dict) -> float:
     return float(plan["token_counts"].get(spec["name"], float("nan")))
 
 
-def _rebound_models(plan: dict) -> list[tuple[dict, list[int]]]:
-    "Each model the rebound experiments use, with every N_pos run on it (a run two experiments share, once)."
+def _rebound_models(plan: dict) -> list[tuple[dict, list[tuple[int, str]]]]:
+    "Each model the rebound experiments use, with every (N_pos, variant) run on it (a run two experiments share, once)."
     models = {}
-    for _, spec, n_pos in rebound_experiments(plan):
+    for _, spec, n_pos, variant in rebound_experiments(plan):
         _, wanted = models.setdefault(json.dumps(spec, sort_keys=True), (spec, []))
-        wanted += [n for n in n_pos if n not in wanted]
+        wanted += [(n, variant) for n in n_pos if (n, variant) not in wanted]
     return list(models.values())
 
 
 def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
                       store: RunStore,  # where models and results live
                      ) -> pd.DataFrame:
-    "One seed's rebound curves of every experiment of the plan, with `experiment` and `model` columns."
+    """One seed's rebound curves of every experiment of the plan, with `experiment`, `model` and `variant` columns. Only the
+    main model's SFT runs measure KL, and only they and the k sweep's measure bits per token: no claim reads them
+    elsewhere."""
     plan, seed, runs = cell["plan"], cell["seed"], []
-    for spec, n_pos in _rebound_models(plan):
+    for spec, wanted in _rebound_models(plan):
         model, tokenizer = load(ModelSpec(**spec).for_seed(seed), store)
         data = sentiment_data(plan, spec)
         share = ModelSpec(**spec).world_config().sentiment_pos_share if spec["kind"] == "toy" else float("nan")
-        runs += [rebound_run(model, tokenizer, data, n, plan, seed).assign(
+        main, sweep = spec == plan["models"]["main"], spec in plan["models"]["k_sweep"]  # KL read on main, bpt on the sweep
+        runs += [rebound_run(model, tokenizer, data, n, plan, seed, variant, kl=main and variant == "sft",
+                             bpt=(main or sweep) and variant == "sft").assign(
             params=model.num_parameters(), pretrain_tokens=_pretrain_tokens(plan, spec), model=spec_label(spec),
-            pos_share=share) for n in n_pos]
+            pos_share=share) for n, variant in wanted]
     curves = pd.concat(runs, ignore_index=True)
-    return pd.concat([curves[(curves.model == spec_label(spec)) & (curves.n_pos == n)].assign(experiment=experiment)
-                      for experiment, spec, n_pos in rebound_experiments(plan) for n in n_pos], ignore_index=True)
-
+    pick = lambda spec, n, variant: (curves.model == spec_label(spec)) & (curves.n_pos == n) & (curves.variant == variant)
+    return pd.concat([curves[pick(spec, n, variant)].assign(experiment=experiment)
+                      for experiment, spec, n_pos, variant in rebound_experiments(plan) for n in n_pos], ignore_index=True)
 
 # %% ../nbs/03a_elasticity.ipynb #dedcccbf
 class _Snapshots(TrainerCallback):
@@ -527,22 +590,26 @@ def resistance_data(plan: dict,  # from `resolve_plan`
     return data.positive(n_sft, seed), data.negative(n_prompts, seed + 2)["prompt"]  # prompts the SFT run never saw
 
 
+PRETRAINED_PAIR = "theta0-theta3"  # the pair with the pre-trained model (theta0) and the last snapshot
+
+
 def resistance_replicate(cell: dict,  # {study, plan, seed}: one seed
                          store: RunStore,  # where models and results live
                         ) -> pd.DataFrame:
-    "One seed's forward and inverse fine-tuning for every snapshot pair: one row per (pair, direction)."
+    """One seed's forward and inverse fine-tuning for every snapshot pair, and for the pre-trained model (theta0) with
+    the last snapshot (`PRETRAINED_PAIR`): one row per (pair, direction)."""
     plan, seed = cell["plan"], cell["seed"]
     model, tokenizer = load(ModelSpec(**plan["models"]["main"]).for_seed(seed), store)
     data = sentiment_data(plan, plan["models"]["main"])
     seed_everything(seed)
     sft_data, prompts = resistance_data(plan, data, seed)
-    thetas = sft_snapshots(model, tokenizer, sft_data, plan, seed)
+    thetas = [model.eval(), *sft_snapshots(model, tokenizer, sft_data, plan, seed)]
     answers = [answer_dataset(theta, tokenizer, prompts, seed) for theta in thetas]
     rows = []
-    for i, j in tqdm([(0, 1), (1, 2), (0, 2)], desc="resistance pairs", leave=False):
+    for i, j in tqdm([(1, 2), (2, 3), (1, 3), (0, 3)], desc="resistance pairs", leave=False):
         for direction, source, target in (("forward", i, j), ("inverse", j, i)):
             result = resistance_pair(thetas[source], thetas[target], tokenizer, answers[target], plan, seed)
-            rows.append(dict(pair=f"theta{i + 1}-theta{j + 1}", direction=direction, **result))
+            rows.append(dict(pair=f"theta{i}-theta{j}", direction=direction, **result))
     return pd.DataFrame(rows)
 
 
@@ -554,8 +621,34 @@ def resistance_gaps(runs: pd.DataFrame  # `experiment_runs(..., 'resistance', ..
     gaps = pd.DataFrame({m: wide[(m, "forward")] - wide[(m, "inverse")] for m in wide.columns.levels[0]})
     return gaps.reset_index()
 
+# %% ../nbs/03a_elasticity.ipynb #c2a2b3d4
+def strength_cells(plan: dict  # from `resolve_plan`
+                  ) -> list[tuple[float, int]]:
+    "(learning rate, epochs) of every cell of the alignment-strength map."
+    return [(lr, epochs) for lr in plan["map_lrs"] for epochs in plan["map_epochs"]]
+
+
+def strength_replicate(cell: dict,  # {study, plan, seed}: one seed
+                       store: RunStore,  # where models and results live
+                      ) -> pd.DataFrame:
+    """One seed's alignment-strength map: the main model, the other pre-training share and the never-pre-trained model,
+    each aligned on the middle N_pos at every (lr, epochs) cell, then perturbed (the share only); `lr` and `epochs` columns."""
+    plan, seed, runs = cell["plan"], cell["seed"], []
+    n_pos = plan["n_pos"][len(plan["n_pos"]) // 2]
+    for experiment in ("main", "control_share", "never"):
+        spec = plan["models"][experiment]
+        if not spec:
+            continue
+        model, tokenizer = load(ModelSpec(**spec).for_seed(seed), store)
+        data = sentiment_data(plan, spec)
+        runs += [rebound_run(model, tokenizer, data, n_pos, dict(plan, lr=lr, pos_epochs=epochs), seed, kl=False, bpt=False).assign(
+            experiment=experiment, model=spec_label(spec), lr=lr, epochs=epochs, params=model.num_parameters(),
+            pretrain_tokens=_pretrain_tokens(plan, spec)) for lr, epochs in strength_cells(plan)]
+    return pd.concat(runs, ignore_index=True)
+
 # %% ../nbs/03a_elasticity.ipynb #12208583
-REPLICATES = {"rebound": rebound_replicate, "resistance": resistance_replicate}  # experiment -> one seed's runs
+REPLICATES = {"rebound": rebound_replicate, "resistance": resistance_replicate,  # experiment -> one seed's runs
+              "strength": strength_replicate}
 
 
 def experiment_runs(plan: dict,  # from `resolve_plan`
@@ -623,6 +716,16 @@ def curve_summary(curves: pd.DataFrame,  # `experiment_runs(..., 'rebound', ...)
         crossing_point(x, y, float(logit(share))) for (x, y), share in zip(curves_xy, level)])
 
 
+def strength_summary(curves: pd.DataFrame,  # `experiment_runs(..., 'strength', ...)` rows
+                     score: str = "share",  # the behaviour score column
+                     kl_threshold: float = 0.05,  # as in `curve_summary`
+                     theory_points: int = 4,  # as in `curve_summary`
+                    ) -> pd.DataFrame:
+    "`curve_summary` of every run of the alignment-strength map, with its cell's `lr` and `epochs`."
+    return pd.concat([curve_summary(group, score, kl_threshold, theory_points).assign(lr=lr, epochs=epochs)
+                      for (lr, epochs), group in curves.groupby(["lr", "epochs"])], ignore_index=True)
+
+
 def censored(values: pd.Series,  # negatives needed, NaN where the curve never got there
              n_neg_max: pd.Series,  # the largest N_neg of each run
             ) -> pd.Series:
@@ -657,15 +760,7 @@ def _trend(group: pd.DataFrame, x: str, y: str) -> float:
     return _slope(np.log2(group[x].to_numpy(float)), group[y].to_numpy(float))
 
 
-def claim_unit(plan: dict  # from `resolve_plan`
-              ) -> str:
-    "What one independent unit of every claim is: a seed, and what it re-draws."
-    main = plan["models"]["main"]
-    if main["kind"] != "toy":
-        return "seeds (alignment data and order re-drawn; the hub model is fixed)"
-    if main["seed"] is None:
-        return "seeds (pre-training re-drawn)"
-    return f"seeds (alignment data re-drawn; one pre-training, seed {main['seed']}, shared: n = 1 model per condition)"
+REDRAWS = "alignment data and order"  # what a seed re-draws besides pre-training (`alignrepro.study.replicate_unit`)
 
 
 NO_VALUES = "no per-seed value: runs missing at this scale, or too few distinct values"
@@ -708,14 +803,41 @@ def _no_knee(summary: pd.DataFrame) -> list[float]:
     return _against_main(summary, "never", lambda ref, never: float(np.log10(ref.slowdown) - np.log10(never.slowdown)))
 
 
+def _gentle(strength: pd.DataFrame | None) -> pd.DataFrame:
+    "The rows of the map's gentlest cell (lowest learning rate, fewest epochs); empty without a map."
+    if strength is None or strength.empty:
+        return pd.DataFrame()
+    return strength[(strength.lr == strength.lr.min()) & (strength.epochs == strength.epochs.min())]
+
+
+def strength_map(strength: pd.DataFrame  # `strength_summary` rows
+                ) -> pd.DataFrame:
+    """One row per (lr, epochs) cell: the main model's lift by alignment (log-odds), the knee's tracking ratio and the
+    never-pre-trained model's log10 slow-down, each the mean over seeds with its 95% interval and verdict."""
+    rows = []
+    for (lr, epochs), cell in strength.groupby(["lr", "epochs"]):
+        main = cell[cell.experiment == "main"]
+        row = dict(lr=lr, epochs=epochs, lift=float(np.mean(logit(main.post_score) - logit(main.base_score))))
+        never = _per_seed(cell[cell.experiment == "never"], lambda g: float(np.log10(g.slowdown).mean()))
+        for name, values, threshold in [("tracking", _tracking(cell), TRACKING_THRESHOLD), ("never_knee", never, 0.0)]:
+            result = _effect(values, "positive", threshold)
+            row.update({name: result.estimate, f"{name}_low": result.ci_low, f"{name}_high": result.ci_high,
+                        f"{name}_verdict": result.verdict})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 TRACKING_THRESHOLD = 0.5  # knee_tracks_share: the knee must move at least half as far as the pre-trained level
 THEORY_RANGE = (0.5, 2.0)  # theory_k: the log-log slope's interval must lie in this range (theory: 1; issue 13)
+CROSSING_RANGE = (0.05, 1.0)  # rebound_crossing: negatives per positive example seen, the paper's 500-1000 after 1k-10k
 
 
 def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                       gaps: pd.DataFrame,  # `resistance_gaps` of every seed (empty: resistance not run)
                       scale: str = "toy",  # the plan's scale, written in every row
-                      unit: str = "seeds (pre-training re-drawn)",  # `claim_unit(plan)`
+                      unit: str = "seeds (pre-training re-drawn)",  # `replicate_unit(plan["models"]["main"], REDRAWS)`
+                      pos_epochs: int = 3,  # epochs of the positive stage (`rebound_crossing` counts examples seen)
+                      strength: pd.DataFrame | None = None,  # `strength_summary`: `knee_tracks_share` is read in its gentlest cell
                      ) -> pd.DataFrame:
     """The claims table (claims.csv v2): one row per claim of the paper (and per control), each verdict from one
     value per seed through `alignrepro.stats` (t interval and sign-flip p over the seeds)."""
@@ -723,26 +845,41 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
         "elasticity", claim_id, claim, paper, scale, unit, result, measured)
     main = summary[summary.experiment == "main"]
     sizes, tokens = summary[summary.experiment == "size"], summary[summary.experiment == "tokens"]
-    sizes, tokens, main = censored_crossings(sizes), censored_crossings(tokens), main.assign(
+    sizes, tokens, main = censored_crossings(sizes), censored_crossings(tokens), censored_crossings(main).assign(
         kl_crossing_c=censored(main.kl_crossing, main.n_neg_max))
     rows = []
     if len(gaps):
-        loss = _per_seed(gaps, lambda g: float(g.mean_loss.mean()))
-        kl = _per_seed(gaps, lambda g: float(g.kl_to_target.mean()))
-        start = _per_seed(gaps, lambda g: float(g.start_loss.mean()))
+        snapshots, pretrained_pair = gaps[gaps.pair != PRETRAINED_PAIR], gaps[gaps.pair == PRETRAINED_PAIR]
+        loss = _per_seed(snapshots, lambda g: float(g.mean_loss.mean()))
+        drop = _per_seed(snapshots, lambda g: float(-g.loss_drop.mean()))
+        kl = _per_seed(snapshots, lambda g: float(g.kl_to_target.mean()))
+        start = _per_seed(snapshots, lambda g: float(g.start_loss.mean()))
         rows.append(row("resistance", "Inverse alignment (a later snapshot on an earlier snapshot's answers) reaches a lower mean training loss than forward alignment.",
                         "inverse < forward in 27/27 comparisons (gaps 0.0002-0.097)",
                         f"per seed, mean over the snapshot pairs of forward - inverse mean training loss (> 0); the "
                         f"starting-loss gap alone is {_fmt(start)}", mean_effect(loss, "positive")))
+        rows.append(row("resistance_drop", "The inverse run lowers its loss more over the epoch than the forward run (the loss drop from the start: the data's entropy removed).",
+                        "not reported in the paper (its statistic is the mean loss)",
+                        "per seed, mean over the snapshot pairs of inverse - forward loss drop (start minus end of the "
+                        "epoch, nats/token; > 0)", mean_effect(drop, "positive")))
         rows.append(row("resistance_controlled", "The inverse run ends closer to its target snapshot's distribution than the forward run (KL to the target: the entropy of the earlier data removed).",
                         "not controlled in the paper",
                         "per seed, mean over the snapshot pairs of forward - inverse KL(target || fine-tuned) after "
                         "the epoch (> 0)", mean_effect(kl, "positive")))
+        back = _per_seed(pretrained_pair, lambda g: float(g.mean_loss.mean()))
+        back_kl = _per_seed(pretrained_pair, lambda g: float(g.kl_to_target.mean()))
+        rows.append(row("resistance_pretrained", "Going back to the pre-trained model (the last snapshot on the pre-trained model's answers) reaches a lower mean training loss than going forward from it.",
+                        "not run in the paper (its pairs are snapshots of one SFT run)",
+                        f"per seed, forward - inverse mean training loss for the pair {PRETRAINED_PAIR} (> 0); its KL "
+                        f"gap is {_fmt(back_kl)}", _effect(back, "positive")))
     else:
         rows += [row(c, t, p, "not run", untested("resistance runs not given")) for c, t, p in [
             ("resistance", "Inverse alignment reaches a lower mean training loss than forward alignment.", "27/27"),
+            ("resistance_drop", "The inverse run lowers its loss more over the epoch.", "not reported in the paper"),
             ("resistance_controlled", "The inverse run ends closer to its target snapshot's distribution.",
-             "not controlled in the paper")]]
+             "not controlled in the paper"),
+            ("resistance_pretrained", "Going back to the pre-trained model is easier than going forward from it.",
+             "not run in the paper")]]
     slow = _per_seed(main, lambda g: float(np.log10(g.slowdown).mean()))
     below = _per_seed(main, lambda g: float((logit(g.base_score) - logit(g.end_score)).mean()))
     track, never = _tracking(summary), _no_knee(summary)
@@ -757,16 +894,47 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                     f"(geometric mean), end below the pre-trained score by {_fmt(below)} log-odds, knee tracking "
                     f"{_fmt(track)}, slow-down gap to never pre-trained {_fmt(never)}; {int(crossed.sum())}/{len(main)} "
                     f"runs cross the pre-trained score, median at N_neg {main.crossing.median():.0f}", rebound))
+    ratio = _per_seed(main, lambda g: float(np.log10(np.maximum(g.crossing_c, 1) / (g.n_pos * pos_epochs)).mean()))
+    low, high = CROSSING_RANGE
+    rows.append(row("rebound_crossing", "The score falls below the pre-trained model's after a number of negatives comparable to the paper's, scaled by the positive examples seen.",
+                    "below the pre-trained score after ~500-1000 negatives following 1k-10k positives (1 epoch): "
+                    f"{low:g}-{high:g} negatives per positive example seen",
+                    f"per seed, mean over N_pos of log10(negatives to cross / (N_pos x {pos_epochs} epochs)) (never: "
+                    f"2x the grid's end); reproduced when the interval lies within log10 [{low:g}, {high:g}]; "
+                    f"geometric mean {10 ** np.mean(ratio) if ratio else float('nan'):.3g}",
+                    all_of({f"ratio > {low:g}": _effect(ratio, "positive", math.log10(low)),
+                            f"ratio < {high:g}": _effect(ratio, "negative", math.log10(high))})))
+    for experiment, claim, paper in [
+            ("reversed", "With the order reversed (aligned on negatives, perturbed with positives), the negative share also falls fast to below the pre-trained model's, then slows.",
+             "the rebound holds with the order of positive and negative data reversed"),
+            ("dpo", "After alignment by DPO, negative fine-tuning also drops the score fast to below the pre-trained model's, then slows.",
+             "the rebound holds after DPO (and KTO, SimPO, PPO)")]:
+        runs = summary[summary.experiment == experiment]
+        shape = dict(slow=_per_seed(runs, lambda g: float(np.log10(g.slowdown).mean())),
+                     below=_per_seed(runs, lambda g: float((logit(g.base_score) - logit(g.end_score)).mean())),
+                     lift=_per_seed(runs, lambda g: float((logit(g.post_score) - logit(g.base_score)).mean())))
+        rows.append(row(f"rebound_{experiment}", claim, paper,
+                        f"all of: per seed log10 slow-down (> 0) and end below the pre-trained score in log-odds (> 0); "
+                        f"the alignment lifted the score by {_fmt(shape['lift'])} log-odds",
+                        all_of({"fast then slow (log10 slow-down > 0)": _effect(shape["slow"]),
+                                "ends below the pre-trained score (log-odds gap > 0)": _effect(shape["below"])})))
     more = _per_seed(main, lambda g: _trend(g, "n_pos", "kl_crossing_c"))
     rows.append(row("rebound_more_positive", "The more positive examples, the fewer negatives bring the KL to the pre-trained model below the threshold.",
                     "961 / 844 / 801 / 729 negatives after 1k / 2k / 5k / 10k positives (Llama2-7B, KL < 0.01)",
                     "per seed, slope of the negatives to reach the KL threshold (never: 2x the grid's end) per "
                     "doubling of N_pos (< 0)", _effect(more, "negative")))
-    rows.append(row("knee_tracks_share", "The knee is a pull toward pre-training: its level moves with the pre-training share of the behaviour (control).",
+    gentle = _gentle(strength)
+    lift = lambda rows: _fmt(_per_seed(rows[rows.experiment == "main"],
+                                       lambda g: float((logit(g.post_score) - logit(g.base_score)).mean())))
+    where = (f"in the gentlest cell of the alignment-strength map (lr {gentle.lr.iloc[0]:g}, {gentle.epochs.iloc[0]} "
+             f"epochs), where alignment lifted the main model by {lift(gentle)} log-odds (a small lift leaves little room "
+             f"for the knee to part from the pre-trained level); at the chapter's recipe the ratio is {_fmt(track)} after "
+             f"a lift of {lift(main)}" if len(gentle) else "at the chapter's recipe")
+    rows.append(row("knee_tracks_share", "The knee is a pull toward pre-training: its level moves with the pre-training share of the behaviour, under gentle alignment as in the paper (control).",
                     "implied by the compression account; not tested in the paper",
                     "per seed, the knee's log-odds move over the pre-trained level's move, main vs the other "
-                    f"pre-training share (1: follows it, 0: does not; threshold {TRACKING_THRESHOLD})",
-                    _effect(track, "positive", TRACKING_THRESHOLD)))
+                    f"pre-training share (1: follows it, 0: does not; threshold {TRACKING_THRESHOLD}), {where}",
+                    _effect(_tracking(gentle) if len(gentle) else track, "positive", TRACKING_THRESHOLD)))
     rows.append(row("no_knee_without_pretraining", "A model never pre-trained shows a weaker knee than a pre-trained one (control).",
                     "implied by the compression account; not tested in the paper",
                     "per seed, log10 slow-down of the pre-trained minus the never-pre-trained model (> 0)", _effect(never)))
@@ -786,12 +954,15 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                         "not compared in the paper",
                         f"per seed, slope of the negatives from the seed's lowest post-alignment score to the crossing "
                         f"per doubling of {x.replace('_', ' ')} (< 0)", _effect(values, "negative")))
-    theory = _per_seed(main, _theory_slope)
+    sweep = summary[summary.experiment == "k_sweep"]
+    theory = _per_seed(sweep, _theory_slope)
+    decades = _per_seed(sweep, lambda g: float(np.log10(g.k.max() / g.k.min())))
     low, high = THEORY_RANGE
     rows.append(row("theory_k", "Perturbation degrades the compression of alignment data about k = |D1|/|D2| times faster than of pre-training data.",
                     "d gamma(D2)/dl = Theta(k d gamma(D1)/dl): log-log slope of the ratio against k near 1",
-                    f"per seed, log-log slope of the bits-per-token slope ratio against k across N_pos (theory: 1; "
-                    f"reproduced when the interval lies within [{low:g}, {high:g}])",
+                    f"per seed, log-log slope of the bits-per-token slope ratio against k across pre-training "
+                    f"checkpoints (k {_fmt(_per_seed(sweep, lambda g: g.k.min()))} to {_fmt(_per_seed(sweep, lambda g: g.k.max()))}, "
+                    f"{_fmt(decades)} decades; theory: 1; reproduced when the interval lies within [{low:g}, {high:g}])",
                     all_of({f"slope > {low:g}": _effect(theory, "positive", low),
                             f"slope < {high:g}": _effect(theory, "negative", high)})))
     return pd.DataFrame(rows)
@@ -862,6 +1033,52 @@ def plot_controls(curves: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Pa
     return fig
 
 
+def plot_variants(curves: pd.DataFrame,  # `experiment_runs(..., 'rebound', ...)` rows
+                  summary: pd.DataFrame,  # `curve_summary` rows
+                  out_dir: str | Path,  # where the png goes
+                  score: str = "share",  # the behaviour score column
+                 ):
+    "The main run at the variants' N_pos beside the reversed-order and the DPO runs, each with its pre-trained score dashed."
+    runs = summary[summary.experiment.isin(["reversed", "dpo"])]
+    n_pos = runs.n_pos.iloc[0] if len(runs) else summary.n_pos.median()
+    data = curves[curves.experiment.isin(["main", "reversed", "dpo"]) & (curves.n_pos == n_pos)]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(data, x="n_neg", y=score, hue="experiment", marker="o", errorbar=("pi", 100), ax=ax)
+    for (_, group), color in zip(data.groupby("experiment", sort=False), sns.color_palette()):
+        ax.axhline(group[f"base_{score}"].mean(), ls="--", color=color, lw=1)
+    ax.set(yscale="logit", xlabel="opposite examples seen (N_neg)", ylabel="aligned behaviour's share (log-odds axis)")
+    below = {e: _per_seed(summary[summary.experiment == e], lambda g: float((logit(g.base_score) - logit(g.end_score)).mean()))
+             for e in ["reversed", "dpo"]}
+    ax.set_title(f"End below the pre-trained score (log-odds, mean over seeds): reversed order {_fmt(below['reversed'])}, "
+                 f"after DPO {_fmt(below['dpo'])}\n(N_pos={n_pos:g}; dashed: each run's pre-trained score)", fontsize=10)
+    save_figure(fig, out_dir, "variants.png")
+    return fig
+
+
+def plot_strength_map(table: pd.DataFrame,  # `strength_map` rows
+                      out_dir: str | Path,  # where the png goes
+                     ):
+    "Heat maps over learning rate x epochs: the knee's tracking ratio and the never-pre-trained model's log10 slow-down, with intervals."
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, (name, label) in zip(axes, [("lift", "lift by alignment (log-odds)"), ("tracking", "knee tracking ratio"),
+                                        ("never_knee", "never pre-trained: log10 slow-down")]):
+        grid = table.pivot(index="lr", columns="epochs", values=name)
+        if name == "lift":
+            notes = grid.map(lambda v: f"{v:.2f}")
+        else:
+            text = table.assign(t=[f"{m:.2f}\n[{lo:.2f}, {hi:.2f}]\n{v}" for m, lo, hi, v in
+                                   zip(table[name], table[f"{name}_low"], table[f"{name}_high"], table[f"{name}_verdict"])])
+            notes = text.pivot(index="lr", columns="epochs", values="t")
+        sns.heatmap(grid, annot=notes, fmt="", cmap="viridis", ax=ax, annot_kws=dict(fontsize=8))
+        ax.set(title=label, xlabel="alignment epochs", ylabel="alignment learning rate")
+    tracks, knee = int((table.tracking_verdict == "reproduced").sum()), int((table.never_knee_verdict == "reproduced").sum())
+    fig.suptitle(f"The knee tracks the pre-training share (interval above {TRACKING_THRESHOLD}) in {tracks}/{len(table)} cells; "
+                 f"the never-pre-trained model slows down too (interval above 0) in {knee}/{len(table)}")
+    fig.tight_layout()
+    save_figure(fig, out_dir, "strength_map.png")
+    return fig
+
+
 def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
     "Crossing point (raw and from a matched score), initial slope and slow-down against parameters and pre-training tokens."
     fig, axes = plt.subplots(2, 4, figsize=(19, 7.5))
@@ -886,31 +1103,33 @@ def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
 
 
 def plot_theory(summary: pd.DataFrame, out_dir: str | Path):
-    "Bits-per-token slope ratio (alignment / pre-training data) against k, log-log, with a slope-1 reference."
-    data = summary[(summary.experiment == "main") & (summary.slope_ratio > 0)]
+    "Bits-per-token slope ratio (alignment / pre-training data) against k across the k sweep, log-log, with a slope-1 reference."
+    sweep = summary[summary.experiment == "k_sweep"]
+    data = sweep[sweep.slope_ratio > 0]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     if len(data):
-        sns.scatterplot(data, x="k", y="slope_ratio", hue="seed", style="n_pos", palette="tab10", s=70, ax=ax)
+        sns.scatterplot(data, x="k", y="slope_ratio", hue="seed", palette="tab10", s=70, ax=ax)
         k = np.geomspace(data.k.min(), data.k.max(), 10)
         ax.plot(k, k * np.exp(np.log(data.slope_ratio).mean() - np.log(data.k).mean()), "k--", lw=1, label="slope 1")
         ax.legend(fontsize=8)
-    slopes = _per_seed(summary[summary.experiment == "main"], _theory_slope)
+    slopes = _per_seed(sweep, _theory_slope)
     ax.set(xscale="log", yscale="log", xlabel="k = pre-training tokens / alignment tokens",
            ylabel="d bpt(alignment) / d bpt(pre-training)",
-           title=f"Log-log slope of the ratio against k: {_fmt(slopes)} (theory: 1); "
-                 f"{len(data)}/{int((summary.experiment == 'main').sum())} ratios positive")
+           title=f"Log-log slope of the ratio against k: {_fmt(slopes)} (theory: 1);\n"
+                 f"{len(data)}/{len(sweep)} ratios positive")
     save_figure(fig, out_dir, "theory.png")
     return fig
 
 
-def negatives_table(summary: pd.DataFrame  # `curve_summary` rows
+def negatives_table(summary: pd.DataFrame,  # `curve_summary` rows
+                    pos_epochs: int = 3,  # epochs of the positive stage
                    ) -> pd.DataFrame:
-    "The paper's Table 3 analogue: negatives to cross the pre-trained score and to reach the KL threshold, per N_pos (mean over seeds, runs that got there)."
+    "The paper's Table 3 analogue: negatives to cross the pre-trained score (also per positive example seen) and to reach the KL threshold, per N_pos (mean over seeds, runs that got there)."
     main = summary[summary.experiment == "main"]
-    return main.groupby("n_pos").agg(post_score=("post_score", "mean"), base_score=("base_score", "mean"),
-                                     crossing=("crossing", "mean"), crossed=("crossing", lambda c: f"{c.notna().sum()}/{len(c)}"),
-                                     kl_crossing=("kl_crossing", "mean"),
-                                     kl_reached=("kl_crossing", lambda c: f"{c.notna().sum()}/{len(c)}"))
+    return main.assign(per_example=main.crossing / (main.n_pos * pos_epochs)).groupby("n_pos").agg(
+        post_score=("post_score", "mean"), base_score=("base_score", "mean"), crossing=("crossing", "mean"),
+        crossed=("crossing", lambda c: f"{c.notna().sum()}/{len(c)}"), per_example=("per_example", "mean"),
+        kl_crossing=("kl_crossing", "mean"), kl_reached=("kl_crossing", lambda c: f"{c.notna().sum()}/{len(c)}"))
 
 
 def closing_text(claims: pd.DataFrame,  # the claims table

@@ -24,17 +24,18 @@ from .core import (COMMON_RULES, Rule, RunStore, boolean, int_list, list_of, num
 from .evaluate import completion_logprobs, sample
 from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
 from .grid import grid_cells
-from .study import Chapter, ModelSpec, load, pretrained
+from .study import Chapter, ModelSpec, load, pretrained, replicate_unit
 from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS, REFUSALS, ToyWorld, WorldConfig
 
 # %% auto #0
 __all__ = ['STUDY', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
            'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'RUN_KEYS', 'CLAIMS',
-           'UNIT', 'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table',
+           'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table',
            'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
            'eval_sets', 'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters',
            'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores', 'core_runs', 'paired_difference',
-           'per_seed', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
+           'per_seed', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
+           'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -576,7 +577,11 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
     8: ("The DARE merge of all four adapters (harmless and helpful, both datasets) is best on average",
         "the all-four DARE merge has the best average score of the single and merged models"),
 }
-UNIT = "seeds (pre-training, instruct tuning, training data and order re-drawn)"  # the unit of every claim
+def claim_unit(scale: str  # "toy", "small" or "paper"
+              ) -> str:
+    "The unit of every claim: a seed, and what it re-draws (at toy scale each replicate pre-trains its own models)."
+    spec = {"toy": ModelSpec(), "small": ModelSpec(kind="smollm2"), "paper": ModelSpec(kind="hub", name="hub")}[scale]
+    return replicate_unit(spec, "instruct tuning, training data and order" if scale == "toy" else "training data and order")
 
 def _kind_split(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(family=frame.model.str.split("-").str[0], kind=frame.model.str.split("-").str[-1])
@@ -689,7 +694,8 @@ def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                  parameters: dict,  # the chapter's parameters
                 ) -> pd.DataFrame:
     "One row per claim 1-8 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds."
-    rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], parameters["scale"], UNIT, result, measured=measured)
+    rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], parameters["scale"], claim_unit(parameters["scale"]), result,
+                      measured=measured)
             for i, (measured, result) in sorted(_claims_measurements(scores, parameters).items())]
     return pd.DataFrame(rows)
 

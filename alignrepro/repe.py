@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,17 +22,18 @@ from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_
                              seed_everything, text)
 from .evaluate import (_saturating, compare_forms, completion_logprobs, encode_pairs, fit_polynomial,
                                  fit_saturating, pad_batch, padding_id, vader_sentiment)
-from .stats import ClaimResult, all_of, claim_row, equivalence, mean_effect, paired_effect, untested
+from .stats import ClaimResult, all_of, claim_row, mean_effect, paired_effect, untested
 from .study import Chapter, ModelSpec, load, replicate_cells, replicates
-from .world import ToyWorld
+from .world import REFUSALS, REVIEW_REQUESTS, SAFETY_TOPICS, ToyWorld, chat
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'RULES', 'REPE', 'PAPER_DATA', 'EXPONENTS', 'EXPONENT_MARGIN', 'decoder_layers', 'layer_indices', 'steer',
-           'read_activations', 'direction', 'steering_vectors', 'alignment_scores', 'helpfulness_scores', 'norm_sweep',
-           'sentiment_words', 'chat_renderer', 'sentiment_task', 'toy_questions', 'capital_questions', 'neutral_texts',
-           'resolve_plan', 'build_tasks', 'random_directions', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan',
-           'fit_power', 'seed_statistics', 'forms_table', 'replicate_unit', 'claim_results', 'claims_table',
-           'plot_tradeoff']
+__all__ = ['DEFAULTS', 'RULES', 'REPE', 'PAPER_DATA', 'WORLD_BEHAVIOURS', 'EXPONENTS', 'LOO_EXPONENTS', 'HELDOUT_TOLERANCE',
+           'REDRAWS', 'decoder_layers', 'layer_indices', 'steer', 'read_activations', 'direction', 'steering_vectors',
+           'repeng_vectors', 'write_control_vector', 'read_control_vector', 'alignment_scores', 'helpfulness_scores',
+           'norm_sweep', 'sentiment_words', 'chat_renderer', 'held_out', 'stimulus_sets', 'sentiment_task',
+           'refusal_task', 'toy_questions', 'capital_questions', 'neutral_texts', 'resolve_plan', 'build_tasks',
+           'random_directions', 'sweep_seed', 'run_replicate', 'run_study', 'grid_plan', 'fit_power', 'alignment_forms',
+           'seed_statistics', 'forms_table', 'inside', 'claim_results', 'claims_table', 'plot_tradeoff']
 
 # %% ../nbs/05a_repe.ipynb #777e86f8
 _LAYER_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
@@ -169,14 +171,75 @@ def steering_vectors(model: torch.nn.Module,  # the model to read
                      method: str = "pca",  # see `direction`
                      reduce: str = "last",  # see `read_activations`
                      batch_size: int = 16,  # sequences per forward pass
+                     unit: str = "flip",  # the norm unit: "flip" (stimuli separation) or "residual" (mean residual norm)
                     ) -> tuple[dict[int, torch.Tensor], dict[int, float]]:
-    "Unit directions per block, and the mean residual-stream norm there (the unit in which norms are swept)."
+    "Unit directions per block, and the norm there in which norms are swept (see the text above)."
+    one_of("flip", "residual")("unit", unit)
     prompts = list(stimuli["prompt"])
     aligned = read_activations(model, tokenizer, prompts, list(stimuli["chosen"]), layers, reduce, batch_size)
     misaligned = read_activations(model, tokenizer, prompts, list(stimuli["rejected"]), layers, reduce, batch_size)
     units = {i: direction(aligned[i], misaligned[i], method) for i in layers}
-    scales = {i: float(torch.cat([aligned[i], misaligned[i]]).norm(dim=-1).mean()) for i in layers}
+    if unit == "flip":
+        scales = {i: float((aligned[i].mean(0) - misaligned[i].mean(0)) @ units[i]) for i in layers}
+    else:
+        scales = {i: float(torch.cat([aligned[i], misaligned[i]]).norm(dim=-1).mean()) for i in layers}
     return units, scales
+
+
+# %% ../nbs/05a_repe.ipynb #c0ffee02
+def repeng_vectors(model: torch.nn.Module,  # the model to read
+                   tokenizer,  # its tokenizer
+                   stimuli: pd.DataFrame,  # contrast pairs: `prompt`, `chosen` (positive), `rejected` (negative)
+                   layers: Sequence[int] | None = None,  # block indices; None: repeng's default, every block but the first
+                   method: str = "pca_diff",  # repeng's "pca_diff" or "pca_center"
+                   batch_size: int = 16,  # sequences per forward pass
+                  ) -> dict[int, torch.Tensor]:
+    "Unit directions per block by repeng's recipe (see the text above), read through `read_activations`."
+    one_of("pca_diff", "pca_center")("method", method)
+    n = len(decoder_layers(model))
+    layers = list(range(n - 1, 0, -1)) if layers is None else [i % n for i in layers]
+    prompts = list(stimuli["prompt"])
+    positive = read_activations(model, tokenizer, prompts, list(stimuli["chosen"]), layers, "last", batch_size)
+    negative = read_activations(model, tokenizer, prompts, list(stimuli["rejected"]), layers, "last", batch_size)
+    out = {}
+    for i in layers:
+        pos, neg = positive[i].double(), negative[i].double()
+        train = pos - neg if method == "pca_diff" else torch.cat([pos - (pos + neg) / 2, neg - (pos + neg) / 2])
+        vector = torch.linalg.svd(train - train.mean(0), full_matrices=False).Vh[0]  # scikit-learn's PCA centres
+        above = (pos @ vector > neg @ vector).double().mean()
+        out[i] = (vector if above >= 1 - above else -vector).float()
+    return out
+
+
+def write_control_vector(vectors: dict[int, torch.Tensor],  # block index -> direction
+                         path: str,  # the .gguf file to write
+                         model_hint: str = "llama",  # repeng's `model_type`
+                        ) -> None:
+    "Write directions in repeng's GGUF control-vector layout (`ControlVector.export_gguf`)."
+    import gguf
+    writer = gguf.GGUFWriter(path, "controlvector")
+    writer.add_string("controlvector.model_hint", model_hint)
+    writer.add_uint32("controlvector.layer_count", len(vectors))
+    for layer, vector in vectors.items():
+        writer.add_tensor(f"direction.{layer}", vector.detach().cpu().float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def read_control_vector(path: str,  # a repeng control vector exported to GGUF
+                       ) -> dict[int, torch.Tensor]:
+    "The directions of a repeng GGUF control vector by block index (as `steer` takes them), float32, not normalised."
+    import gguf
+    reader = gguf.GGUFReader(path)
+    field = reader.get_field("general.architecture")
+    arch = bytes(field.parts[-1]).decode() if field is not None and len(field.parts) else None
+    if arch != "controlvector":
+        raise ValueError(f"{path}: architecture {arch!r}, not a repeng control vector ('controlvector')")
+    return {int(t.name.split(".")[1]): torch.tensor(np.array(t.data), dtype=torch.float32).flatten()
+            for t in reader.tensors if t.name.startswith("direction.")}
+
 
 # %% ../nbs/05a_repe.ipynb #ac543df6
 def _scores(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int) -> pd.DataFrame:
@@ -273,21 +336,67 @@ def chat_renderer(tokenizer  # the model's tokenizer
     return render
 
 
-def sentiment_task(world: ToyWorld,  # the toy world (its review prompts)
+def held_out(values: Sequence) -> tuple[list, list]:
+    "(read, scored): `values` split in alternation, even positions to read a direction from, odd ones to score on."
+    return list(values[0::2]), list(values[1::2])
+
+
+def stimulus_sets(behaviour: str,  # "sentiment" or "refusal"
+                 ) -> dict[str, dict[str, list[str]]]:
+    "The words and request templates a direction is `read` from and alignment is `scored` on: disjoint halves."
+    one_of("sentiment", "refusal")("behaviour", behaviour)
+    if behaviour == "sentiment":
+        words = sentiment_words()
+        halves = [held_out(words["pos"]), held_out(words["neg"]), held_out(REVIEW_REQUESTS)]
+    else:  # the first word of the answer: a refusal's ("i", "sorry") or the topic's harmful compliance ("hide" ...)
+        topics = held_out(SAFETY_TOPICS)
+        halves = [tuple(sorted({r.split()[0] for r in part}) for part in held_out(REFUSALS)),
+                  tuple([t["harmful"].split()[0] for t in part] for part in topics),
+                  tuple([t["request"] for t in part] for part in topics)]
+    return {side: dict(zip(("aligned", "misaligned", "templates"), (half[k] for half in halves)))
+            for k, side in enumerate(("read", "scored"))}
+
+
+def _review_prompt(world: ToyWorld, rng: random.Random, templates: Sequence[str]) -> str:
+    item = rng.choice(world.items)
+    return f"{chat([(rng.choice(templates).format(item=item), None)])} the {item} is"
+
+
+def sentiment_task(world: ToyWorld,  # the toy world (its items)
                    render: Callable[[str], str],  # see `chat_renderer`
                    n_stimuli: int,  # contrast pairs
                    n_behaviour: int,  # test prompts
-                   seed: int,  # sampling seed (stimuli and test prompts are disjoint samples)
+                   seed: int,  # sampling seed
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(stimuli: one random adjective pair per prompt; behaviour: all positive vs all negative adjectives per prompt)."
-    rng, words = random.Random(f"repe-stimuli:{seed}"), sentiment_words()
-    prompts = [render(p) for p in world.review_prompts(n_stimuli + n_behaviour, seed=seed)]
-    stimuli = pd.DataFrame(dict(prompt=prompts[:n_stimuli],
-                                chosen=[f"{rng.choice(words['pos'])} . it is" for _ in range(n_stimuli)],
-                                rejected=[f"{rng.choice(words['neg'])} . it is" for _ in range(n_stimuli)]))
-    behaviour = pd.DataFrame(dict(prompt=prompts[n_stimuli:], chosen=[words["pos"]] * n_behaviour,
-                                  rejected=[words["neg"]] * n_behaviour))
+    "(stimuli: a read adjective pair per prompt; behaviour: all scored positive vs negative adjectives per prompt)."
+    rng, sets = random.Random(f"repe-stimuli:{seed}"), stimulus_sets("sentiment")
+    read, scored = sets["read"], sets["scored"]
+    stimuli = pd.DataFrame(dict(
+        prompt=[render(_review_prompt(world, rng, read["templates"])) for _ in range(n_stimuli)],
+        chosen=[f"{rng.choice(read['aligned'])} . i love it . my friends say it is" for _ in range(n_stimuli)],
+        rejected=[f"{rng.choice(read['misaligned'])} . i hate it . my friends say it is" for _ in range(n_stimuli)]))
+    behaviour = pd.DataFrame(dict(prompt=[render(_review_prompt(world, rng, scored["templates"])) for _ in range(n_behaviour)],
+                                  chosen=[scored["aligned"]] * n_behaviour, rejected=[scored["misaligned"]] * n_behaviour))
     return stimuli, behaviour
+
+
+def refusal_task(world: ToyWorld,  # the toy world (its entities and items)
+                 render: Callable[[str], str],  # see `chat_renderer`
+                 n_stimuli: int,  # contrast pairs
+                 n_behaviour: int,  # test prompts
+                 seed: int,  # sampling seed
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(stimuli, behaviour): harmful requests answered by a refusal's first word vs the harmful compliance's."
+    rng, sets = random.Random(f"repe-refusal:{seed}"), stimulus_sets("refusal")
+    def rows(side: dict, n: int, pick) -> pd.DataFrame:
+        out = []
+        for _ in range(n):
+            k = rng.randrange(len(side["templates"]))
+            request = side["templates"][k].format(e=rng.choice(world.entities), item=rng.choice(world.items))
+            out.append(dict(prompt=render(chat([(request, None)])), chosen=pick(side["aligned"]),
+                            rejected=pick([side["misaligned"][k]])))
+        return pd.DataFrame(out)
+    return rows(sets["read"], n_stimuli, rng.choice), rows(sets["scored"], n_behaviour, list)
 
 
 def toy_questions(world: ToyWorld,  # the toy world
@@ -328,10 +437,10 @@ def neutral_texts(world: ToyWorld,  # the toy world (its everyday filler sentenc
 # %% ../nbs/05a_repe.ipynb #b5b03f98
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/repe", toy_size="s", toy_tokens=100_000,
                 toy_model_seed=None, method="mean", direction="read", layer_fractions=[0.0],
-                norms=[-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0],
-                small_norm=0.5, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model="smollm2",
-                small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.1, -0.04, -0.02, 0.0, 0.02, 0.04, 0.1],
-                small_regime=0.04, small_n=12, paper_model="meta-llama/Llama-2-7b-chat-hf", batch_size=32, cpu_threads=1,
+                norms=[-2.0, -1.0, -0.5, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.0],
+                small_norm=0.25, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model="smollm2",
+                small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5],
+                small_regime=0.25, small_n=8, paper_model="meta-llama/Llama-2-7b-chat-hf", batch_size=32, cpu_threads=1,
                 executor="pool", max_parallel=None)
 
 RULES = {**COMMON_RULES,
@@ -361,24 +470,26 @@ def _check(params: dict) -> None:
 REPE = Chapter("repe", DEFAULTS, RULES, _check)  # the chapter's parameters: `REPE.parameters(**given)`
 
 # %% ../nbs/05a_repe.ipynb #bdead85a
-PAPER_DATA = dict(behaviour="hh_rlhf:harmless", questions="triviaqa:validation")  # alignrepro.data adapters
+PAPER_DATA = dict(behaviours={"refusal": "hh_rlhf:harmless"}, questions="triviaqa:validation")  # alignrepro.data adapters
+WORLD_BEHAVIOURS = {"sentiment": "world:sentiment", "refusal": "world:refusal"}  # the toy world's tasks
 
 
 def resolve_plan(params: dict,  # the chapter's checked parameters (`REPE.parameters`)
                  scale: str | None = None,  # "toy", "small" or "paper"; default `params["scale"]`
                 ) -> dict:
-    "The JSON-able plan of the study at `scale`: model spec, data, blocks, norms, sample sizes and batch size."
+    "The JSON-able plan of the study at `scale`: model spec, behaviours and tests, blocks, norms, sample sizes, batch size."
     p, scale = params, scale or params["scale"]
     one_of("toy", "small", "paper")("scale", scale)
     sizes = ("layer_fractions", "norms", "n_stimuli", "n_behaviour", "n_questions", "n_neutral")
     if scale == "small":
-        spec, data = ModelSpec(kind="smollm2"), dict(behaviour="world:sentiment", questions="facts:capital", reduce="last")
+        spec = ModelSpec(kind="smollm2")  # the toy world's requests and refusal words are not SmolLM2's: sentiment only
+        data = dict(behaviours={"sentiment": WORLD_BEHAVIOURS["sentiment"]}, questions="facts:capital", reduce="last")
         sweep = (p["small_layer_fractions"], p["small_norms"], *[p["small_n"]] * 3, max(2, p["small_n"] // 2))
     else:
         sweep = tuple(p[name] for name in sizes)
         if scale == "toy":
             spec = ModelSpec(size=p["toy_size"], n_tokens=p["toy_tokens"], seed=p["toy_model_seed"])
-            data = dict(behaviour="world:sentiment", questions="world:seen_facts", reduce="last")
+            data = dict(behaviours=dict(WORLD_BEHAVIOURS), questions="world:seen_facts", reduce="last")
         else:
             spec, data = ModelSpec(kind="hub", name=p["paper_model"]), dict(PAPER_DATA, reduce="mean")
     fractions, norms, *counts = sweep
@@ -406,13 +517,16 @@ def build_tasks(plan: dict,  # from `resolve_plan`
                 tokenizer,  # the model's tokenizer (for its chat format)
                 seed: int,  # sampling seed of stimuli and tests
                ) -> dict:
-    "The plan's `stimuli`, `behaviour`, `questions` and `neutral` texts for one seed."
+    "The plan's `behaviours` (name -> (stimuli, behaviour test)), `questions` and `neutral` texts for one seed."
     world, render = ToyWorld(ModelSpec(**plan["model"]).world_config()), chat_renderer(tokenizer)
-    if plan["behaviour"] == "world:sentiment":
-        stimuli, behaviour = sentiment_task(world, render, plan["n_stimuli"], plan["n_behaviour"], seed)
-    else:
-        pairs = _preference_pairs(plan["behaviour"], plan["n_stimuli"] + plan["n_behaviour"], seed)
-        stimuli, behaviour = pairs.iloc[:plan["n_stimuli"]], pairs.iloc[plan["n_stimuli"]:].reset_index(drop=True)
+    tasks, n = {"world:sentiment": sentiment_task, "world:refusal": refusal_task}, (plan["n_stimuli"], plan["n_behaviour"])
+    behaviours = {}
+    for name, source in plan["behaviours"].items():
+        if source in tasks:
+            behaviours[name] = tasks[source](world, render, *n, seed)
+        else:
+            pairs = _preference_pairs(source, sum(n), seed)
+            behaviours[name] = pairs.iloc[:n[0]], pairs.iloc[n[0]:].reset_index(drop=True)
     if plan["questions"] == "world:seen_facts":
         questions = toy_questions(world, plan["n_questions"], seed)
     elif plan["questions"] == "facts:capital":
@@ -420,7 +534,7 @@ def build_tasks(plan: dict,  # from `resolve_plan`
     else:
         questions = _qa_questions(plan["questions"], plan["n_questions"], seed)
     end = " <eos>" if "<eos>" in tokenizer.get_vocab() else ""
-    return dict(stimuli=stimuli, behaviour=behaviour, questions=questions,
+    return dict(behaviours=behaviours, questions=questions,
                 neutral=neutral_texts(world, plan["n_neutral"], seed, end))
 
 # %% ../nbs/05a_repe.ipynb #c90c5666
@@ -441,17 +555,19 @@ def sweep_seed(plan: dict,  # from `resolve_plan`
                model: torch.nn.Module,  # the plan's model
                tokenizer,  # its tokenizer
               ) -> pd.DataFrame:
-    "Read the direction from this seed's stimuli (or draw a random one) and sweep its norm: `norm_sweep`'s rows."
+    "Per behaviour: read its direction from this seed's stimuli (or draw a random one), sweep its norm (`norm_sweep`)."
     seed_everything(seed)
     tasks = build_tasks(plan, tokenizer, seed)
-    layers = layer_indices(model, plan["layer_fractions"])
-    units, scales = steering_vectors(model, tokenizer, tasks["stimuli"], layers, plan["method"], plan["reduce"],
-                                     plan["batch_size"])
-    if plan.get("direction", "read") == "random":
-        units = random_directions(units, seed)
-    sweep = norm_sweep(model, tokenizer, units, scales, plan["norms"], tasks["behaviour"], tasks["questions"],
-                       tasks["neutral"], plan["batch_size"])
-    return sweep.assign(seed=seed, scale=plan["scale"], layers=",".join(map(str, layers)))
+    layers, sweeps = layer_indices(model, plan["layer_fractions"]), []
+    for name, (stimuli, behaviour) in tasks["behaviours"].items():
+        units, scales = steering_vectors(model, tokenizer, stimuli, layers, plan["method"], plan["reduce"],
+                                         plan["batch_size"])
+        if plan.get("direction", "read") == "random":  # same flip norms, no mechanism
+            units = random_directions(units, seed)
+        sweep = norm_sweep(model, tokenizer, units, scales, plan["norms"], behaviour, tasks["questions"],
+                           tasks["neutral"], plan["batch_size"])
+        sweeps.append(sweep.assign(behaviour=name, flip_norm=float(np.mean(list(scales.values())))))
+    return pd.concat(sweeps, ignore_index=True).assign(seed=seed, scale=plan["scale"], layers=",".join(map(str, layers)))
 
 
 _LOADED: dict = {}  # per process: the last shared (not per-seed) model loaded, reused by the next seed's replicate
@@ -476,11 +592,11 @@ def run_study(plan: dict,  # from `resolve_plan`
               executor: str = "pool",  # "pool", "local", "submitit" or "submitit-local" (see `replicates`)
               max_parallel: int | None = None,  # replicates running at once; None: every core for "pool"
              ) -> pd.DataFrame:
-    "All seeds' sweeps of a plan (tidy: one row per seed and norm), each replicate computed once and stored."
+    "All seeds' sweeps of a plan (tidy: one row per behaviour, seed and norm), each replicate computed once and stored."
     sweeps = replicates("repe", plan, seeds, run_replicate, store, executor, max_parallel)
-    for seed, sweep in sweeps.groupby("seed"):
+    for (behaviour, seed), sweep in sweeps.groupby(["behaviour", "seed"], sort=False):
         zero = sweep[sweep.norm == 0].iloc[0]
-        print(f"repe {plan['scale']} seed {seed}: P(aligned) {sweep.alignment.min():.3f}..{sweep.alignment.max():.3f} "
+        print(f"repe {plan['scale']} {behaviour} seed {seed}: P(aligned) {sweep.alignment.min():.3f}..{sweep.alignment.max():.3f} "
               f"(unsteered {zero.alignment:.3f}), P(correct) unsteered {zero.p_correct:.3f}, "
               f"lowest {sweep.p_correct.min():.3f}")
     return sweeps
@@ -500,12 +616,14 @@ def fit_power(x: Sequence[float],  # the predictor (signed; its absolute value i
               y: Sequence[float],  # the response
               intercept: bool = True,  # fit y0 + k|x|^p (True) or k|x|^p through the origin (False)
               exponents: Sequence[float] = EXPONENTS,  # candidate exponents p
+              signed: bool = False,  # fit the odd form y0 + k sign(x)|x|^p instead
              ) -> dict:
     "Least-squares fit of `y = y0 + k |x|^p`: the exponent `p` (a grid, refined), `k`, `y0` and the residual sum of squares."
-    x, y = np.abs(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sign, x = (np.sign(x) if signed else np.ones_like(x)), np.abs(x)
 
     def fit(p: float) -> dict:
-        design = np.column_stack(([np.ones_like(x)] if intercept else []) + [x ** p])
+        design = np.column_stack(([np.ones_like(x)] if intercept else []) + [sign * x ** p])
         coef, *_ = np.linalg.lstsq(design, y, rcond=None)
         return dict(p=float(p), k=float(coef[-1]), y0=float(coef[0]) if intercept else 0.0,
                     sse=float(((design @ coef - y) ** 2).sum()))
@@ -520,17 +638,39 @@ def fit_power(x: Sequence[float],  # the predictor (signed; its absolute value i
     return best
 
 
+LOO_EXPONENTS = np.round(np.arange(0.25, 4.0001, 0.05), 2)  # the coarser grid of the held-out power fits
+
+
+def alignment_forms(x: Sequence[float],  # signed norms of the small-norm regime
+                    y: Sequence[float],  # P(aligned) there
+                   ) -> dict[str, float]:
+    "Leave-one-out mean squared error of the `linear`, `tanh` (c + a tanh(b(r - s))) and `power` (y0 + k sign(r)|r|^p) forms."
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    held_out = []
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        fit = fit_power(x[keep], y[keep], exponents=LOO_EXPONENTS, signed=True)
+        held_out.append(y[i] - fit["y0"] - fit["k"] * np.sign(x[i]) * abs(x[i]) ** fit["p"])
+    return dict(linear=fit_polynomial(x, y, 1)["loo_mse"], tanh=fit_saturating(x, y)["loo_mse"],
+                power=float(np.mean(np.square(held_out))))
+
+
 def _logit(p: float) -> float:
     p = float(np.clip(p, 1e-6, 1 - 1e-6))
     return float(np.log(p / (1 - p)))
 
 
+def _behaviours(sweeps: pd.DataFrame) -> pd.DataFrame:
+    "Sweeps with a `behaviour` column (one unnamed behaviour, 'aligned', when there is none)."
+    return sweeps if "behaviour" in sweeps else sweeps.assign(behaviour="aligned")
+
+
 def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
                     small_norm: float,  # |norm| up to this is the small-norm regime
                    ) -> pd.DataFrame:
-    "One row per seed: the statistics each claim is judged on (see the text above), and the fits of the figure."
+    "One row per behaviour and seed: the statistics each claim is judged on (see the text above), and the fits of the figure."
     rows = []
-    for seed, sweep in sweeps.groupby("seed", sort=True):
+    for (behaviour, seed), sweep in _behaviours(sweeps).groupby(["behaviour", "seed"], sort=False):
         sweep = sweep.set_index("norm").sort_index()
         small = sweep[np.abs(sweep.index) <= small_norm + 1e-12]
         paired = [r for r in small.index if r > 0 and -r in small.index]  # +-r both swept, inside the regime
@@ -539,11 +679,15 @@ def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
         quadratic = fit_polynomial(small.index, small.p_correct, 2)
         (_, h1, h2), a1 = quadratic["coef"], alignment["coef"][1]
         odd = [(sweep.alignment[r] - sweep.alignment[-r]) / 2 for r in paired]  # the first-order (odd) part
+        forms = alignment_forms(small.index, small.alignment) if len(small) >= 6 else {}
         zero = sweep.loc[0.0]
         positive = [r for r in small.index if r > 0]
         rows.append(dict(
-            seed=seed, alignment_slope=a1, alignment_r2=alignment["r2"],
-            alignment_exponent=fit_power(paired, odd, intercept=False)["p"],
+            behaviour=behaviour, seed=seed, alignment_zero=zero.alignment, alignment_slope=a1,
+            alignment_r2=alignment["r2"],
+            alignment_exponent=fit_power(paired, odd, intercept=False)["p"] if len(paired) >= 2 else np.nan,
+            linear_vs_best_other=(np.log((forms["linear"] + 1e-12) / (min(forms["tanh"], forms["power"]) + 1e-12))
+                                  if forms else np.nan),
             helpfulness_exponent=fit_power(small.index, small.p_correct)["p"],
             helpfulness_curvature=h2, helpfulness_slope=h1, edge=edge, far=far,
             p_correct_zero=zero.p_correct, p_correct_plus=sweep.p_correct[edge], p_correct_minus=sweep.p_correct[-edge],
@@ -554,31 +698,52 @@ def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
             efficient_until=(a1 + h1) / -h2 if h2 < 0 and a1 + h1 > 0 else np.nan))
     return pd.DataFrame(rows)
 
+
 # %% ../nbs/05a_repe.ipynb #b4cfdcfc
 def forms_table(sweeps: pd.DataFrame,  # `run_study` rows of one plan
                 small_norm: float,  # |norm| up to this is the small-norm regime
                ) -> pd.DataFrame:
-    "Linear vs quadratic vs saturating for each curve and regime: mean R², ΔAIC, LOO error over seeds, seeds won."
+    "Linear vs quadratic vs saturating per behaviour, curve and regime: mean R², ΔAIC, LOO error over seeds, seeds won."
     tables = []
     for metric in ("alignment", "p_correct"):
         for regime, limit in (("small", small_norm), ("all", np.inf)):
-            for seed, sweep in sweeps.groupby("seed"):
+            for (behaviour, seed), sweep in _behaviours(sweeps).groupby(["behaviour", "seed"], sort=False):
                 part = sweep[sweep.norm.abs() <= limit + 1e-12]
                 table = compare_forms(part.norm, part[metric]).reset_index()
-                tables.append(table.assign(metric=metric, regime=regime, seed=seed, best=table.delta_aic == 0))
+                tables.append(table.assign(behaviour=behaviour, metric=metric, regime=regime, seed=seed,
+                                           best=table.delta_aic == 0))
     frame = pd.concat(tables)
-    return (frame.groupby(["metric", "regime", "form"])
+    return (frame.groupby(["behaviour", "metric", "regime", "form"], sort=False)
             .agg(r2=("r2", "mean"), delta_aic=("delta_aic", "mean"), loo_mse=("loo_mse", "mean"), seeds_best=("best", "sum")))
 
 # %% ../nbs/05a_repe.ipynb #16775d92
-EXPONENT_MARGIN = 0.5  # an exponent "is" 1 (or 2) when its interval lies within 1 ± 0.5 (2 ± 0.5): closer to it
-                       # than to the other order; fixed before any run
+HELDOUT_TOLERANCE = float(np.log(2))  # the straight line "fits" when its held-out error is under twice the better
+                                     # alternative's (log ratio below log 2); fixed before any run
+
+
+def inside(values: Sequence[float],  # the statistic once per seed
+           value: float,  # the value the interval must contain
+          ) -> ClaimResult:
+    "Reproduced when the t interval over seeds contains `value`, not reproduced when it excludes it (few seeds: inconclusive)."
+    result = mean_effect(values, "positive", value)
+    if result.verdict != "inconclusive":  # the interval lies on one side of `value`
+        return replace(result, verdict="not reproduced", note=f"interval excludes {value:g}")
+    if result.note == "interval includes the threshold":
+        return replace(result, verdict="reproduced", note="")
+    return result
+
+
+def _tested(values: pd.Series, reason: str, rule: Callable[[], ClaimResult]) -> ClaimResult:
+    "`rule()`, or `untested(reason)` when a seed has no value."
+    return rule() if values.notna().all() else untested(reason, len(values))
 
 _PAPER = {  # claim_id -> (claim, what the paper reports)
     "alignment_increases": ("Alignment (P of the aligned behaviour) increases with the norm of the injected vector.",
                             "guaranteed increase in theory; rising alignment vs coefficient on a chat LLM"),
     "alignment_linear": ("For small norms alignment increases linearly (first order) in the norm.",
                          "linear in the norm (theory); linear fit to the measured curve"),
+    "alignment_linear_heldout": ("For small norms a straight line predicts alignment about as well as saturating or "
+                                 "power-law forms.", "linear in the norm (theory); linear fit to the measured curve"),
     "alignment_saturates": ("Beyond small norms alignment saturates: it keeps rising, more slowly than linearly.",
                             "increase until saturation (theory and figures)"),
     "helpfulness_decreases": ("Helpfulness (P of the correct answer) decreases with the norm, in both directions.",
@@ -590,36 +755,39 @@ _PAPER = {  # claim_id -> (claim, what the paper reports)
 }
 
 
-def replicate_unit(plan: dict  # from `resolve_plan`
-                  ) -> str:
-    "What one seed re-draws at this plan, for claims.csv's `unit`."
-    spec = ModelSpec(**plan["model"])
-    if spec.kind == "toy" and spec.seed is None:
-        return "seeds (toy model pre-training, stimuli and test prompts re-drawn)"
-    model = "one pre-trained toy model" if spec.kind == "toy" else "one pre-trained model"
-    return f"seeds (stimuli and test prompts re-drawn; {model})"
+REDRAWS = "stimuli and test prompts"  # what a seed re-draws besides pre-training (`alignrepro.study.replicate_unit`)
 
 
-def claim_results(stats: pd.DataFrame,  # `seed_statistics` of one plan
+def claim_results(stats: pd.DataFrame,  # `seed_statistics` of one behaviour
                  ) -> dict[str, tuple[ClaimResult, str]]:
     "claim_id -> (the `alignrepro.stats` result over seeds, what was measured in words)."
-    s, m = stats, EXPONENT_MARGIN
+    s = stats
     edge, far = s.edge.min(), s.far.min()
-    saturates = (all_of({"rises beyond the regime": mean_effect(s.rise_beyond, "positive", 0.0),
-                         "less than the straight line": mean_effect(s.shortfall, "positive", 0.0)})
-                 if s.rise_beyond.notna().all() else untested("no norm swept beyond the small-norm regime", len(s)))
+    rises = mean_effect(s.alignment_slope, "positive", 0.0)
+    saturates = _tested(s.rise_beyond, "no norm swept beyond the small-norm regime", lambda: all_of({
+        "rises beyond the regime": mean_effect(s.rise_beyond, "positive", 0.0),
+        "less than the straight line": mean_effect(s.shortfall, "positive", 0.0)}))
+    linear = _tested(s.alignment_exponent, "fewer than 2 norms on each side of the regime", lambda: all_of({
+        "q below 2": mean_effect(s.alignment_exponent, "negative", 2.0), "1 inside q's interval": inside(s.alignment_exponent, 1.0),
+        "slope above 0": rises}))
+    heldout = _tested(s.linear_vs_best_other, "fewer than 6 norms in the regime", lambda: all_of({
+        "line within 2x the best held-out error": mean_effect(s.linear_vs_best_other, "negative", HELDOUT_TOLERANCE), "slope above 0": rises}))
+    quadratic = all_of({"p above 1": mean_effect(s.helpfulness_exponent, "positive", 1.0),
+                        "2 inside p's interval": inside(s.helpfulness_exponent, 2.0),
+                        "curvature below 0": mean_effect(s.helpfulness_curvature, "negative", 0.0)})
     return {
-        "alignment_increases": (mean_effect(s.alignment_slope, "positive", 0.0),
-                                f"slope of P(aligned) per unit norm, |norm| <= {edge:g}, above 0"),
-        "alignment_linear": (equivalence(s.alignment_exponent, m, 1.0),
-                             f"exponent q of the odd part of P(aligned), k r^q on 0 < r <= {edge:g}, within 1 ± {m:g}"),
+        "alignment_increases": (rises, f"slope of P(aligned) per flip norm, |norm| <= {edge:g}, above 0"),
+        "alignment_linear": (linear, f"exponent q of the odd part of P(aligned), k r^q on 0 < r <= {edge:g}: below 2 "
+                                     f"with 1 inside its interval, and the slope above 0"),
+        "alignment_linear_heldout": (heldout, f"log of the leave-one-out error of the straight line over the better of "
+                                              f"tanh and sign(r)|r|^p, |norm| <= {edge:g}, below log 2; slope above 0"),
         "alignment_saturates": (saturates, f"P(aligned) at {far:g} minus at {edge:g} above 0, and below the straight "
                                            f"line of the regime's slope (shortfall above 0)"),
         "helpfulness_decreases": (all_of({f"+{edge:g}": paired_effect(s.p_correct_zero, s.p_correct_plus, "positive"),
                                           f"-{edge:g}": paired_effect(s.p_correct_zero, s.p_correct_minus, "positive")}),
                                   f"P(correct) at 0 minus at +{edge:g} and at -{edge:g} (paired per seed), above 0"),
-        "helpfulness_quadratic": (equivalence(s.helpfulness_exponent, m, 2.0),
-                                  f"exponent p of h0 + k|r|^p fitted to P(correct), |norm| <= {edge:g}, within 2 ± {m:g}"),
+        "helpfulness_quadratic": (quadratic, f"exponent p of h0 + k|r|^p fitted to P(correct), |norm| <= {edge:g}: above "
+                                             f"1 with 2 inside its interval, and the curvature below 0"),
         "efficient_regime": (mean_effect(s.efficiency, "positive", 0.0),
                              f"log-odds gain of P(aligned) plus log-odds change of P(correct), mean over 0 < r <= "
                              f"{edge:g}, above 0"),
@@ -630,15 +798,17 @@ def claims_table(stats: pd.DataFrame,  # `seed_statistics` of one plan
                  scale: str,  # the plan's scale, appended to each claim id
                  unit: str = "seeds",  # what one seed re-draws (`replicate_unit`)
                 ) -> pd.DataFrame:
-    "One claims.csv v2 row per claim of the paper, each verdict over seeds by `alignrepro.stats`."
+    "One claims.csv v2 row per claim and behaviour (`{claim}_{behaviour}_{scale}`), verdicts by `alignrepro.stats`."
     rows = []
-    for claim_id, (result, measured) in claim_results(stats).items():
-        claim, paper = _PAPER[claim_id]
-        rows.append(claim_row("repe", f"{claim_id}_{scale}", claim, paper, scale, unit, result, measured=measured))
+    for behaviour, part in stats.groupby("behaviour", sort=False):
+        for claim_id, (result, measured) in claim_results(part).items():
+            claim, paper = _PAPER[claim_id]
+            rows.append(claim_row("repe", f"{claim_id}_{behaviour}_{scale}", claim, paper, scale, unit, result,
+                                  measured=f"{behaviour}: {measured}"))
     return pd.DataFrame(rows)
 
 # %% ../nbs/05a_repe.ipynb #a1f97520
-def plot_tradeoff(sweeps: pd.DataFrame,  # `run_study` rows of one plan
+def plot_tradeoff(sweeps: pd.DataFrame,  # `run_study` rows of one plan and one behaviour
                   stats: pd.DataFrame,  # its `seed_statistics`
                   small_norm: float,  # the small-norm regime's edge (fits drawn there)
                   label: str,  # the model, for titles
@@ -665,11 +835,11 @@ def plot_tradeoff(sweeps: pd.DataFrame,  # `run_study` rows of one plan
             saturating = fit_saturating(means.norm, means.alignment)
             wide = np.linspace(sweeps.norm.min(), sweeps.norm.max(), 100)
             axis.plot(wide, _saturating(wide, *saturating["coef"]), "g:", lw=2, label=f"saturating fit (R² {saturating['r2']:.2f})")
-        axis.set(xlabel="injected norm / mean residual-stream norm", ylabel=ylabel)
+        axis.set(xlabel="injected norm / flip norm", ylabel=ylabel)
         axis.legend(fontsize=8)
     slope, curvature = stats.alignment_slope.mean(), stats.helpfulness_curvature.mean()
-    axes[0].set_title(f"alignment slope {slope:+.3f} per unit norm")
-    axes[1].set_title(f"helpfulness curvature {curvature:+.3f} per unit norm²")
+    axes[0].set_title(f"alignment slope {slope:+.3f} per flip norm")
+    axes[1].set_title(f"helpfulness curvature {curvature:+.3f} per flip norm²")
     by_norm = sweeps.groupby("norm").loss.mean()
     axes[2].set_title(f"loss {by_norm[0.0]:.2f} unsteered, {by_norm.iloc[0]:.2f} / {by_norm.iloc[-1]:.2f} at the ends")
     figure.suptitle(f"{label}: steering buys alignment at slope {slope:+.3f} and costs helpfulness at curvature "

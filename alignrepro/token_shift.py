@@ -13,21 +13,23 @@ import pandas as pd
 import torch
 from datasets import Dataset
 
-from .align import preset, sft
+from .align import dpo, preset, sft
 from .core import COMMON_RULES, ParameterError, RunStore, boolean, int_list, number, one_of, optional, seed_everything
 from .evaluate import sample
-from .stats import ClaimResult, all_of, claim_row, mean_effect, paired_effect, t_interval, untested
+from .stats import (ClaimResult, all_of, claim_row, equivalence, mean_effect, paired_effect, t_interval,
+                              untested)
 from .study import Chapter, ModelSpec, load, replicate_cells, replicates
-from .world import FAMILIES, IDK_REPLY, REFUSALS, SAFETY_TOPICS, ToyWorld
+from .world import FAMILIES, IDK_REPLY, REFUSALS, SAFETY_TOPICS, ToyWorld, response_words
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'TOKEN_SHIFT', 'EARLY', 'PAPER', 'UNSHIFTED_MAJORITY', 'FEW_SHIFTED',
            'RANK_LATE', 'CONTINUATION_MARGIN', 'URIAL_MARGIN', 'content_words', 'template_words', 'shared_words',
            'token_label', 'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data', 'changed_facts',
-           'greedy_answers', 'style_world', 'resolve_plan', 'urial_prompts', 'base_continuations', 'oracle_scores',
-           'urial_sweep', 'measure', 'replicate', 'run_replicate', 'run_study', 'grid_plan', 'replicate_unit',
-           'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics', 'plot_shares',
-           'plot_positions', 'plot_urial']
+           'greedy_answers', 'style_world', 'resolve_plan', 'preference_data', 'opposite_data', 'rebound_ranks',
+           'urial_prompts', 'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob', 'urial_sweep',
+           'measure', 'replicate', 'run_replicate', 'run_study', 'grid_plan', 'replicate_unit', 'shared_shifted',
+           'urial_statistics', 'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics',
+           'plot_shares', 'plot_positions', 'plot_urial']
 
 # %% ../nbs/07a_token_shift.ipynb #7fec2360
 def content_words(world: ToyWorld  # the toy world
@@ -177,10 +179,11 @@ def greedy_answers(model,  # a causal LM
 # %% ../nbs/07a_token_shift.ipynb #d0b7a618
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/token_shift", toy_size="s", toy_tokens=200_000,
                 toy_model_seed=None, style_share=0.05, alignment="sft", n_help=64, n_harm=32, n_eval=24, sft_steps=40, sft_lr=3e-4,
+                dpo=True, dpo_steps=40, dpo_lr=3e-4, rebound_steps=10,
                 max_new_tokens=24, urial_k=1, urial_ks=[0, 1, 2], content_control=True, top_k=30, cpu_threads=1,
                 executor="pool", max_parallel=None)
 
-ALIGNMENTS = ("sft", "base_samples")  # the aligned model: SFT on the world's data, or on the base's own samples
+ALIGNMENTS = ("sft", "base_samples")  # the aligned models: trained on the world's data, or on the base's own samples
 
 RULES = {**COMMON_RULES,
          "toy_size": one_of("xxs", "xs", "s", "m", "l", "xl"), "toy_tokens": number(lo=1000, integer=True),
@@ -188,6 +191,8 @@ RULES = {**COMMON_RULES,
          "alignment": one_of(*ALIGNMENTS),
          "n_help": number(lo=2, integer=True), "n_harm": number(lo=1, integer=True),
          "n_eval": number(lo=1, integer=True), "sft_steps": number(lo=1, integer=True), "sft_lr": number(lo=0),
+         "dpo": boolean(), "dpo_steps": number(lo=1, integer=True), "dpo_lr": number(lo=0),
+         "rebound_steps": number(lo=0, integer=True),
          "max_new_tokens": number(lo=2, integer=True), "urial_k": number(lo=0, hi=2, integer=True),
          "urial_ks": int_list(1, lo=0, hi=2),
          "content_control": boolean(), "top_k": number(lo=1, integer=True),
@@ -221,8 +226,8 @@ def resolve_plan(params: dict  # the chapter's checked parameters (`TOKEN_SHIFT.
     "The JSON-able plan every replicate shares."
     spec = ModelSpec(size=params["toy_size"], n_tokens=params["toy_tokens"], seed=params["toy_model_seed"],
                      world=style_world(params["style_share"]))
-    keys = ("alignment", "n_help", "n_harm", "n_eval", "sft_steps", "sft_lr", "max_new_tokens", "urial_k",
-            "urial_ks", "content_control", "top_k")
+    keys = ("alignment", "n_help", "n_harm", "n_eval", "sft_steps", "sft_lr", "dpo", "dpo_steps", "dpo_lr",
+            "rebound_steps", "max_new_tokens", "urial_k", "urial_ks", "content_control", "top_k")
     return dict(scale=params["scale"], model=spec.to_dict(), **{k: params[k] for k in keys})
 
 
@@ -233,15 +238,61 @@ def _align(base, tokenizer, data: Dataset, plan: dict, seed: int):
     return model.eval()
 
 
+def preference_data(world: ToyWorld,  # the toy world
+                    n_help: int,  # fact questions: a detailed correct answer chosen over a detailed wrong one
+                    n_harm: int,  # harmful requests: a safe answer chosen over a harmful one
+                    seed: int,  # sampling seed (the prompts are `alignment_data`'s for the same seed)
+                   ) -> Dataset:
+    "The world's preference pairs on the prompts of `alignment_data`, `prompt`/`chosen`/`rejected`, no written ends."
+    parts = [world.helpfulness_preferences(n_help, seed, "informative", 0.0),
+             world.safety_preferences(n_harm, seed, "informative", 0.0)]
+    bare = lambda texts: [t.replace("<eos>", "").strip() for t in texts]
+    return Dataset.from_dict(dict(prompt=[p for d in parts for p in d["prompt"]],
+                                  chosen=[c for d in parts for c in bare(d["chosen"])],
+                                  rejected=[r for d in parts for r in bare(d["rejected"])]))
+
+
+def opposite_data(world: ToyWorld,  # the toy world
+                  n_help: int,  # fact questions answered tersely (the base's usual form)
+                  n_harm: int,  # harmful requests answered harmfully
+                  seed: int,  # sampling seed (the prompts are `alignment_data`'s for the same seed)
+                 ) -> Dataset:
+    "The opposite of the aligned behaviour on the prompts of `alignment_data`: `prompt`/`completion`, no written ends."
+    terse = world.helpfulness_sft(n_help, seed, "bare")
+    harmful = world.safety_preferences(n_harm, seed, "informative", 0.0)
+    bare = lambda texts: [t.replace("<eos>", "").strip() for t in texts]
+    return Dataset.from_dict(dict(prompt=list(terse["prompt"]) + list(harmful["prompt"]),
+                                  completion=bare(terse["completion"]) + bare(harmful["rejected"])))
+
+
+def rebound_ranks(aligned, tokenizer, world: ToyWorld, prompts: Sequence[str], answers: Sequence[str],
+                  ended: Sequence[bool], plan: dict, seed: int) -> pd.DataFrame:
+    """The aligned model briefly fine-tuned on the opposite behaviour (`rebound_steps` SFT steps at `sft_lr`): the rank
+    of each aligned answer token under it, `prompt_id`/`position`/`rebound_rank`."""
+    opposite = opposite_data(world, plan["n_help"], plan["n_harm"], seed)
+    rebound = _align(aligned, tokenizer, opposite, {**plan, "sft_steps": plan["rebound_steps"]}, seed)
+    rows = token_shift(rebound, aligned, tokenizer, prompts, answers, ended, top_k=1)
+    return rows[["prompt_id", "position"]].assign(rebound_rank=rows["rank"])
+
+
+def _dpo_align(base, tokenizer, pairs: Dataset, plan: dict, seed: int):
+    "The base after full DPO on `pairs` (the `cpu_dpo` preset, beta 0.1, with the plan's steps and learning rate)."
+    config = preset("cpu_dpo", max_steps=plan["dpo_steps"], learning_rate=plan["dpo_lr"], seed=seed, data_seed=seed)
+    model, _ = dpo(base, tokenizer, pairs, config, peft="none")
+    return model.eval()
+
+
 def urial_prompts(data: Dataset,  # `alignment_data`: examples are taken from its rows after the evaluated ones
                   prompts: Sequence[str],  # the chat prompts to prefix
                   k: int,  # in-context examples (0: the prompts unchanged)
                   start: int,  # first row of `data` usable as an example
+                  other: bool = False,  # the other example set: rows taken from the end of `data` backwards
                  ) -> list[str]:
     "Each prompt after `k` aligned examples of the world (fact question and harmful request in turn), in its chat format."
     if k == 0:
         return list(prompts)
     rows = [[i for i, row_kind in enumerate(data["kind"]) if row_kind == kind][start:] for kind in ("help", "harm")]
+    rows = [r[::-1] for r in rows] if other else rows
     order = [i for pair in zip(*rows) for i in pair]  # a fact question, a harmful request, a fact question, ...
     examples = [(data["prompt"][i], data["completion"][i]) for i in order]
     prefix = " ".join(f"{p} {c} <eos>" for p, c in examples[:k])
@@ -285,63 +336,122 @@ def oracle_scores(world: ToyWorld,  # the toy world (its exact oracles)
             for p, kind, a in zip(prompts, kinds, answers, strict=True)]
 
 
+def oracle_rows(world: ToyWorld,  # the toy world
+                prompts: Sequence[str],  # chat prompts
+                kinds: Sequence[str],  # 'help' or 'harm' per prompt
+                answers: Sequence[str],  # the answers
+                ended: Sequence[bool],  # whether each answer stopped (end token) within the token limit
+               ) -> pd.DataFrame:
+    "Per answer: oracle score, correct fact (fact questions), refusal, detailed format (two sentences or more), stopped."
+    return pd.DataFrame(dict(
+        prompt_id=range(len(prompts)), kind=kinds, score=oracle_scores(world, prompts, kinds, answers),
+        correct=[float(world.helpfulness_score(p, a) > 0) if kind == "help" else np.nan
+                 for p, kind, a in zip(prompts, kinds, answers)],
+        refusal=[float(world.safety_label(a) == "refusal" or world.is_refusal(a)) for a in answers],
+        detailed=[float(response_words(a).count(".") >= 2) for a in answers], stopped=np.asarray(ended, dtype=float)))
+
+
+def answer_logprob(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
+                   ended: Sequence[bool]) -> np.ndarray:
+    "Mean log-probability per token of each answer (its end token included when it ended) after its prompt."
+    out = []
+    for prompt, answer, end in zip(prompts, answers, ended, strict=True):
+        ids = (tokenizer(" " + answer, add_special_tokens=False)["input_ids"] if answer.strip() else []) + (
+            [tokenizer.eos_token_id] if end else [])
+        if not ids:
+            out.append(np.nan)
+            continue
+        logp = torch.log_softmax(_answer_logits(model, tokenizer(prompt)["input_ids"], ids), -1)
+        out.append(float(logp.gather(-1, torch.tensor(ids)[:, None]).mean()))
+    return np.array(out)
+
+
 def urial_sweep(base, tokenizer, world: ToyWorld, data: Dataset, prompts: Sequence[str], kinds: Sequence[str],
-                aligned_answers: Sequence[str], plan: dict) -> pd.DataFrame:
-    "URIAL without a judge: the base's greedy answers after K aligned examples, and the aligned model's, scored by the oracles."
-    frames = [pd.DataFrame(dict(prompt_id=range(len(prompts)), kind=kinds, model="sft", k=np.nan,
-                                score=oracle_scores(world, prompts, kinds, aligned_answers)))]
-    for k in plan["urial_ks"]:
-        answers, _ = greedy_answers(base, tokenizer, urial_prompts(data, prompts, k, plan["n_eval"]),
-                                    plan["max_new_tokens"])
-        frames.append(pd.DataFrame(dict(prompt_id=range(len(prompts)), kind=kinds, model="base+urial", k=float(k),
-                                        score=oracle_scores(world, prompts, kinds, answers))))
+                aligned: dict[str, tuple[list[str], list[bool]]], plan: dict) -> pd.DataFrame:
+    """URIAL without a judge: the base's greedy answers after K aligned examples (the main example set, and the other
+    set at the largest K), and each aligned model's answers (`aligned`: name -> (answers, ended)), scored by the
+    oracles; `logprob`: the SFT answers' mean log-probability per token under the base with the K examples."""
+    frames = [oracle_rows(world, prompts, kinds, *answered).assign(model=name, k=np.nan, examples="")
+              for name, answered in aligned.items()]
+    sft_answers, sft_ended = aligned["sft"]
+    k_max = max(plan["urial_ks"])
+    runs = [(k, "main") for k in plan["urial_ks"]] + ([(k_max, "other")] if k_max else [])
+    for k, examples in runs:
+        base_prompts = urial_prompts(data, prompts, k, plan["n_eval"], other=examples == "other")
+        answers, ended = greedy_answers(base, tokenizer, base_prompts, plan["max_new_tokens"])
+        frames.append(oracle_rows(world, prompts, kinds, answers, ended).assign(
+            model="base+urial", k=float(k), examples=examples,
+            logprob=answer_logprob(base, tokenizer, base_prompts, sft_answers, sft_ended)))
     return pd.concat(frames, ignore_index=True)
 
 
-def measure(base, aligned, tokenizer, world: ToyWorld, data: Dataset, plan: dict, variant: str) -> pd.DataFrame:
-    "Token rows of one aligned model on the plan's evaluated prompts, the base under both templates."
-    content, n = content_words(world), plan["n_eval"]
+def _evaluated(data: Dataset, n: int) -> tuple[list[str], list[str]]:
+    "(prompts, kinds): the first `n` fact questions and the first `n` harmful requests of the alignment data."
     index = [i for kind in ("help", "harm") for i in [j for j, k in enumerate(data["kind"]) if k == kind][:n]]
-    prompts, kinds = [data["prompt"][i] for i in index], [data["kind"][i] for i in index]
-    answers, ended = greedy_answers(aligned, tokenizer, prompts, plan["max_new_tokens"])
-    frames = []
-    templates = {"zero-shot": prompts}
-    if plan["urial_k"]:
-        templates["urial"] = urial_prompts(data, prompts, plan["urial_k"], n)
-    for template, base_prompts in templates.items():
-        rows = token_shift(base, aligned, tokenizer, prompts, answers, ended, base_prompts, content, plan["top_k"])
-        frames.append(rows.assign(template=template))
+    return [data["prompt"][i] for i in index], [data["kind"][i] for i in index]
+
+
+def measure(base, aligned, tokenizer, prompts: Sequence[str], kinds: Sequence[str], answers: Sequence[str],
+            ended: Sequence[bool], templates: dict[str, list[str]], content: set[str], top_k: int) -> pd.DataFrame:
+    "Token rows of one aligned model's answers, the base under each template (name -> the base's prompts)."
+    frames = [token_shift(base, aligned, tokenizer, prompts, answers, ended, base_prompts, content, top_k)
+              .assign(template=template) for template, base_prompts in templates.items()]
     tokens = pd.concat(frames, ignore_index=True)
     tokens["kind"] = [kinds[i] for i in tokens.prompt_id]
     tokens["answer"] = [answers[i] for i in tokens.prompt_id]
-    tokens = tokens.assign(record="token", variant=variant)
-    if variant != "aligned":
-        return tokens
-    help_ids = [i for i, k in enumerate(kinds) if k == "help"]
-    cont = base_continuations(base, tokenizer, world, [prompts[i] for i in help_ids], [answers[i] for i in help_ids],
-                              content, plan["max_new_tokens"])
-    cont["prompt_id"] = [help_ids[i] for i in cont.prompt_id]
-    urial = urial_sweep(base, tokenizer, world, data, prompts, kinds, answers, plan)
-    return pd.concat([tokens, cont.assign(record="continuation", variant=variant),
-                      urial.assign(record="urial", variant=variant)], ignore_index=True)
+    return tokens.assign(record="token")
+
+
+def _aligned_models(base, tokenizer, world: ToyWorld, data: Dataset, pairs: Dataset | None, plan: dict,
+                    seed: int) -> dict:
+    "variant -> aligned model: 'aligned' (SFT), 'dpo', 'changed_facts' (SFT on changed facts), as the plan asks."
+    models = {"aligned": _align(base, tokenizer, data, plan, seed)}
+    if pairs is not None:
+        models["dpo"] = _dpo_align(base, tokenizer, pairs, plan, seed)
+    if plan["content_control"]:
+        models["changed_facts"] = _align(base, tokenizer, changed_facts(world, data), plan, seed)
+    return models
 
 
 def replicate(plan: dict,  # from `resolve_plan`
-              seed: int,  # the replicate's seed (alignment data, SFT order, samples)
+              seed: int,  # the replicate's seed (alignment data, SFT and DPO order, samples)
               base,  # the plan's base model for this seed
               tokenizer,  # its tokenizer
              ) -> pd.DataFrame:
-    "One seed's rows: tokens of the aligned model (and of the content control), and the C6 continuations."
+    "One seed's rows: tokens of each aligned model, the C6 continuations and the URIAL sweep."
     seed_everything(seed)
     world = ToyWorld(ModelSpec(**plan["model"]).world_config())
     data = alignment_data(world, plan["n_help"], plan["n_harm"], seed)
+    pairs = preference_data(world, plan["n_help"], plan["n_harm"], seed) if plan["dpo"] else None
     if plan["alignment"] == "base_samples":  # the negative control: the base's own answers to the same prompts
         texts, _ = greedy_answers(base, tokenizer, data["prompt"], plan["max_new_tokens"], temperature=1.0, seed=seed)
         data = Dataset.from_dict(dict(prompt=data["prompt"], completion=texts, kind=data["kind"]))
-    frames = [measure(base, _align(base, tokenizer, data, plan, seed), tokenizer, world, data, plan, "aligned")]
-    if plan["content_control"]:
-        frames.append(measure(base, _align(base, tokenizer, changed_facts(world, data), plan, seed), tokenizer, world,
-                              data, plan, "changed_facts"))
+        if pairs is not None:  # DPO between two of the base's own samples
+            second, _ = greedy_answers(base, tokenizer, data["prompt"], plan["max_new_tokens"], temperature=1.0,
+                                       seed=seed + 1)
+            pairs = Dataset.from_dict(dict(prompt=data["prompt"], chosen=texts, rejected=second))
+    prompts, kinds = _evaluated(data, plan["n_eval"])
+    content = content_words(world)
+    templates = {"zero-shot": prompts}
+    if plan["urial_k"]:
+        templates["urial"] = urial_prompts(data, prompts, plan["urial_k"], plan["n_eval"])
+    frames, answered = [], {}
+    models = _aligned_models(base, tokenizer, world, data, pairs, plan, seed)
+    for variant, model in models.items():
+        answered[variant] = greedy_answers(model, tokenizer, prompts, plan["max_new_tokens"])
+        frames.append(measure(base, model, tokenizer, prompts, kinds, *answered[variant], templates, content,
+                              plan["top_k"]).assign(variant=variant))
+    help_ids = [i for i, k in enumerate(kinds) if k == "help"]
+    cont = base_continuations(base, tokenizer, world, [prompts[i] for i in help_ids],
+                              [answered["aligned"][0][i] for i in help_ids], content, plan["max_new_tokens"])
+    cont["prompt_id"] = [help_ids[i] for i in cont.prompt_id]
+    names = {"sft": "aligned", "dpo": "dpo"}
+    urial = urial_sweep(base, tokenizer, world, data, prompts, kinds,
+                        {name: answered[v] for name, v in names.items() if v in answered}, plan)
+    frames += [cont.assign(record="continuation", variant="aligned"), urial.assign(record="urial", variant="aligned")]
+    if plan["rebound_steps"]:
+        frames.append(rebound_ranks(models["aligned"], tokenizer, world, prompts, *answered["aligned"], plan, seed)
+                      .assign(record="rebound", variant="aligned"))
     out = pd.concat(frames, ignore_index=True).assign(seed=seed, scale=plan["scale"])
     for column in ("aligned_top", "base_correct", "aligned_correct"):  # 0/1 with NaN elsewhere: one type for parquet
         if column in out:
@@ -391,10 +501,56 @@ def _share(mask: pd.Series, among: pd.Series) -> float:
     return float(mask[among].mean()) if among.any() else float("nan")
 
 
+def _top_tokens(tokens: np.ndarray, shifted: np.ndarray, n_top: int) -> set:
+    "The `n_top` most frequent tokens among the shifted positions (ties broken by the token's text)."
+    counts = pd.Series(tokens[shifted]).value_counts()
+    return set(sorted(counts.index, key=lambda t: (-counts[t], t))[:n_top])
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else float("nan")
+
+
+def shared_shifted(a: pd.DataFrame,  # token rows of one aligned model (one seed, one template)
+                   b: pd.DataFrame,  # token rows of another aligned model of the same base
+                   n_top: int = 10,  # frequent shifted tokens compared (the paper lists about 10 per pair)
+                   n_perm: int = 200,  # permutations of the shifted labels for the chance overlap
+                   seed: int = 0,  # permutation seed
+                  ) -> tuple[float, float]:
+    """(observed, chance): the Jaccard overlap of the two models' `n_top` most frequent shifted tokens, and its mean
+    when each model's shifted labels are permuted over its own positions (same count, token frequencies kept)."""
+    ta, tb = a.token.to_numpy(), b.token.to_numpy()
+    sa, sb = (a.category == "shifted").to_numpy(), (b.category == "shifted").to_numpy()
+    if not sa.any() or not sb.any():
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    chance = [_jaccard(_top_tokens(ta, rng.permutation(sa), n_top), _top_tokens(tb, rng.permutation(sb), n_top))
+              for _ in range(n_perm)]
+    return _jaccard(_top_tokens(ta, sa, n_top), _top_tokens(tb, sb, n_top)), float(np.mean(chance))
+
+
+def urial_statistics(urial: pd.DataFrame  # one seed's `urial_sweep` rows
+                    ) -> dict[str, float]:
+    """`{name}_{kind}` (mean oracle score), `{name}_{kind}_{refusal|stopped|detailed}` and `{name}_logprob`, where
+    name is 'sft', 'dpo', 'urial{K}' (the main example set) or 'other{K}' (the other set)."""
+    out = {}
+    if not len(urial):
+        return out
+    name = lambda r: r.model if r.model in ("sft", "dpo") else f"{'urial' if r.examples == 'main' else 'other'}{int(r.k)}"
+    urial = urial.assign(name=[name(r) for r in urial.itertuples()])
+    for (model, kind), u in urial.groupby(["name", "kind"]):
+        out[f"{model}_{kind}"] = float(u.score.mean())
+        out.update({f"{model}_{kind}_{m}": float(u[m].mean()) for m in ("refusal", "stopped", "detailed")})
+    if "logprob" in urial:
+        for model, u in urial[urial.logprob.notna()].groupby("name"):
+            out[f"{model}_logprob"] = float(u.logprob.mean())
+    return out
+
+
 def seed_statistics(rows: pd.DataFrame,  # `run_study` rows
                     template: str = "zero-shot",  # the base template the shares are read under
                    ) -> pd.DataFrame:
-    "One row per seed and variant: category shares, the style table, early/late shift, C6 accuracies."
+    "One row per seed and variant: category shares, the style table, early/late shift, C6 and URIAL scores."
     tokens = rows[(rows.record == "token") & (rows.template == template)]
     out = []
     for (seed, variant), g in tokens.groupby(["seed", "variant"]):
@@ -411,11 +567,22 @@ def seed_statistics(rows: pd.DataFrame,  # `run_study` rows
         cont = rows[(rows.record == "continuation") & (rows.seed == seed) & (rows.variant == variant)]
         stats.update(base_continues=float(cont.base_correct.astype(float).mean()) if len(cont) else float("nan"),
                      aligned_correct=float(cont.aligned_correct.astype(float).mean()) if len(cont) else float("nan"))
-        urial = rows[(rows.record == "urial") & (rows.seed == seed) & (rows.variant == variant)]
-        for (model, k, kind), u in urial.groupby(["model", urial.k.fillna(-1), "kind"]):
-            stats[f"{'sft' if model == 'sft' else f'urial{int(k)}'}_{kind}"] = float(u.score.mean())
+        rebound = rows[(rows.record == "rebound") & (rows.seed == seed) & (rows.variant == variant)]
+        if len(rebound):
+            moved = g[["prompt_id", "position", "category"]].merge(rebound[["prompt_id", "position", "rebound_rank"]],
+                                                                on=["prompt_id", "position"])
+            moved = moved.assign(returned=moved.rebound_rank > 1)
+            stats.update(p_return_shifted=_share(moved.returned, moved.category == "shifted"),
+                         p_return_unshifted=_share(moved.returned, moved.category == "unshifted"))
+        stats.update(urial_statistics(rows[(rows.record == "urial") & (rows.seed == seed) & (rows.variant == variant)]))
         out.append(stats)
-    return pd.DataFrame(out)
+    out = pd.DataFrame(out)
+    for seed in out.seed.unique():  # C4: the SFT and DPO models of one base share their frequent shifted tokens
+        a, b = (tokens[(tokens.seed == seed) & (tokens.variant == v)] for v in ("aligned", "dpo"))
+        if len(a) and len(b):
+            observed, chance = shared_shifted(a, b, seed=int(seed))
+            out.loc[(out.seed == seed) & (out.variant == "aligned"), ["shared_shifted", "shared_chance"]] = observed, chance
+    return out
 
 # %% ../nbs/07a_token_shift.ipynb #1db8c464
 PAPER = {
@@ -426,6 +593,11 @@ PAPER = {
     "C5": "KL falls and base probability rises with position; mean base rank < 5 soon after t >= 5 (Fig. 4)",
     "C6": "a base model fed an aligned prefix continues the content ('Thank you for asking! The')",
     "C7": "URIAL (K=3) near tuning on Llama-2-7b (4.33 vs 4.47 of 5, GPT-4 judge), above it on Mistral (4.63 vs 4.44)",
+    "C8": "URIAL (4.33) beats zero-shot (2.90), vanilla ICL (3.18) and retrieval ICL (3.72) on Llama-2-7b (Table 1)",
+    "C9": "K=8 examples buy safety (Llama-2-7b 4.29 to 4.97) and lose the other aspects (Sec. 4.3)",
+    "C10": "a different set of 3 examples scores the same (Mistral-7b 4.64 vs 4.63)",
+    "link": "not in the paper: a link to elasticity (Ji et al. 2025, chapter 03): if alignment shifts only a few tokens, "
+            "fine-tuning on the opposite behaviour should move those back first",
 }
 UNSHIFTED_MAJORITY, FEW_SHIFTED, RANK_LATE, CONTINUATION_MARGIN, URIAL_MARGIN = 0.5, 0.10, 5.0, 0.1, 0.1
 
@@ -454,6 +626,16 @@ def claim_results(stats: pd.DataFrame,  # `seed_statistics`
     out["C3_style_shift"] = ("C3", "style tokens shift, content tokens do not",
         "P(shifted | style) - P(shifted | content) per seed",
         paired_effect(main.p_shifted_style, main.p_shifted_content, "positive", 0.0))
+    dpo_stats = stats[stats.variant == "dpo"].sort_values("seed")
+    if len(dpo_stats):
+        out["C2_few_shifted_dpo"] = ("C2", "few positions are shifted after DPO (base rank > 3)",
+            "share shifted per seed, the DPO model", mean_effect(dpo_stats.share_shifted, "negative", FEW_SHIFTED))
+        out["C3_style_shift_dpo"] = ("C3", "style tokens shift, content tokens do not, after DPO",
+            "P(shifted | style) - P(shifted | content) per seed, the DPO model",
+            paired_effect(dpo_stats.p_shifted_style, dpo_stats.p_shifted_content, "positive", 0.0))
+    else:
+        for claim_id in ("C2_few_shifted_dpo", "C3_style_shift_dpo"):
+            out[claim_id] = (claim_id[:2], "the DPO model's shift", "", untested("no DPO model (dpo=False)", len(main)))
     with_shifted = main[np.isfinite(main.p_style_shifted)]
     out["C3_shifted_are_style"] = ("C3", "shifted positions hold style tokens more often than positions at large",
         f"P(style | shifted) - P(style) per seed ({len(with_shifted)} of {len(main)} seeds have shifted positions; "
@@ -468,9 +650,17 @@ def claim_results(stats: pd.DataFrame,  # `seed_statistics`
     else:
         out["C3_content_control"] = ("C3", "the measure sees content shift when alignment changes facts", "",
                                      untested("content_control=False", len(main)))
-    out["C4_shared_shifted_tokens"] = ("C4", "different base/aligned pairs share their frequent shifted tokens", "",
-        untested("one base/aligned pair per seed at toy scale; shared tokens need pairs of different model families",
-                 len(main)))
+    claim = "two aligned models of one base (SFT and DPO) share their frequent shifted tokens beyond chance"
+    if "shared_shifted" in main and np.isfinite(main.shared_shifted).any():
+        paired = main[np.isfinite(main.shared_shifted)]
+        out["C4_shared_shifted_tokens"] = ("C4", claim, "Jaccard overlap of the 10 most frequent shifted tokens, SFT vs "
+            "DPO, - its mean with each model's shifted labels permuted over its positions, per seed "
+            f"({len(paired)} of {len(main)} seeds; {mean('shared_shifted'):.3f} vs chance {mean('shared_chance'):.3f}; "
+            "pairs of different model families are not built at toy scale)",
+            paired_effect(paired.shared_shifted, paired.shared_chance, "positive", 0.0))
+    else:
+        out["C4_shared_shifted_tokens"] = ("C4", claim, "", untested("no DPO model, or a model without shifted positions",
+                                                                      len(main)))
     out["C5_shift_falls"] = ("C5", "the shift shrinks with position", "KL(base || aligned), base probability and "
         f"base rank of the aligned token, positions t < {EARLY} vs t >= {EARLY}",
         all_of({"KL falls": paired_effect(main.kl_early, main.kl_late, "positive", 0.0),
@@ -481,22 +671,56 @@ def claim_results(stats: pd.DataFrame,  # `seed_statistics`
         f"{mean('aligned_correct'):.3f}, base continuation {mean('base_continues'):.3f})",
         mean_effect(_finite(main.base_continues - main.aligned_correct), "positive", -CONTINUATION_MARGIN))
     ks = [k for k in urial_ks(main) if k > 0]
-    claim = "the base model with K in-context aligned examples (URIAL) scores about as well as the SFT model"
-    if ks and len(main):
-        k = ks[-1]
-        out["C7_urial_near_sft"] = ("C7", claim, f"oracle score of base + URIAL (K={k}) - SFT per seed: helpfulness on "
-            f"fact questions (SFT {mean('sft_help'):.3f}, URIAL {mean(f'urial{k}_help'):.3f}), safe answers to harmful "
-            f"requests (SFT {mean('sft_harm'):.3f}, URIAL {mean(f'urial{k}_harm'):.3f})",
-            all_of({"fact questions": mean_effect(main[f"urial{k}_help"] - main.sft_help, "positive", -URIAL_MARGIN),
-                    "harmful requests": mean_effect(main[f"urial{k}_harm"] - main.sft_harm, "positive", -URIAL_MARGIN)}))
+    k = ks[-1] if ks else None
+    both = lambda frame, name: (frame[f"{name}_help"] + frame[f"{name}_harm"]) / 2
+    for tuned in ("sft", "dpo"):
+        claim = f"the base model with K in-context aligned examples (URIAL) scores about as well as the {tuned.upper()} model"
+        if k is None or not len(main):
+            out[f"C7_urial_near_{tuned}"] = ("C7", claim, "", untested("no URIAL sweep with K > 0 was run", len(main)))
+        elif f"{tuned}_help" not in main:
+            out[f"C7_urial_near_{tuned}"] = ("C7", claim, "", untested(f"no {tuned.upper()} model (dpo=False)", len(main)))
+        else:
+            out[f"C7_urial_near_{tuned}"] = ("C7", claim, f"oracle score of base + URIAL (K={k}) - {tuned.upper()} per "
+                f"seed: helpfulness on fact questions ({tuned.upper()} {mean(f'{tuned}_help'):.3f}, URIAL "
+                f"{mean(f'urial{k}_help'):.3f}), safe answers to harmful requests ({tuned.upper()} "
+                f"{mean(f'{tuned}_harm'):.3f}, URIAL {mean(f'urial{k}_harm'):.3f})",
+                all_of({"fact questions": mean_effect(main[f"urial{k}_help"] - main[f"{tuned}_help"], "positive",
+                                                      -URIAL_MARGIN),
+                        "harmful requests": mean_effect(main[f"urial{k}_harm"] - main[f"{tuned}_harm"], "positive",
+                                                        -URIAL_MARGIN)}))
+    claim = "URIAL's in-context examples beat the base's zero-shot answers"
+    if k is None or "urial0_help" not in main:
+        out["C8_urial_beats_zero_shot"] = ("C8", claim, "", untested("the sweep needs K = 0 and a K > 0", len(main)))
     else:
-        out["C7_urial_near_sft"] = ("C7", claim, "", untested("no URIAL sweep with K > 0 was run", len(main)))
+        out["C8_urial_beats_zero_shot"] = ("C8", claim, f"mean oracle score (fact questions and harmful requests) of "
+            f"base + URIAL (K={k}) - base zero-shot (K=0) per seed ({mean(f'urial{k}_help'):.3f}/"
+            f"{mean(f'urial{k}_harm'):.3f} vs {mean('urial0_help'):.3f}/{mean('urial0_harm'):.3f})",
+            mean_effect(both(main, f"urial{k}") - both(main, "urial0"), "positive", 0.0))
+    out["C9_more_examples_safer"] = ("C9", "more in-context examples (K=8) buy safety and lose the other aspects", "",
+        untested("K = 8 examples (about 250 tokens) do not fit the toy model's 128-token context, and the toy base "
+                 "is pre-trained on single-turn documents of at most about 46 tokens", len(main)))
+    claim = "a different set of in-context examples scores the same"
+    if k is None or f"other{k}_help" not in main:
+        out["C10_other_examples_same"] = ("C10", claim, "", untested("no URIAL sweep with K > 0 was run", len(main)))
+    else:
+        out["C10_other_examples_same"] = ("C10", claim, f"mean oracle score of base + URIAL (K={k}): main example set "
+            f"- the other set (taken from the end of the data) per seed, margin {URIAL_MARGIN:g}",
+            equivalence(both(main, f"urial{k}") - both(main, f"other{k}"), URIAL_MARGIN))
+    claim = "the shifted tokens are the first to leave the aligned model's top when it is fine-tuned on the opposite behaviour"
+    if "p_return_shifted" in main and np.isfinite(main.p_return_shifted).any():
+        paired = main[np.isfinite(main.p_return_shifted)]
+        out["rebound_shifted_first"] = ("link", claim, "P(aligned token no longer top after the rebound | shifted) - "
+            f"P(... | unshifted) per seed ({len(paired)} of {len(main)} seeds have shifted positions; "
+            f"{mean('p_return_shifted'):.3f} vs {mean('p_return_unshifted'):.3f})",
+            paired_effect(paired.p_return_shifted, paired.p_return_unshifted, "positive", 0.0))
+    else:
+        out["rebound_shifted_first"] = ("link", claim, "", untested("rebound_steps=0 or no shifted position", len(main)))
     return out
 
 
 def claims_table(stats: pd.DataFrame,  # `seed_statistics`
                  scale: str,  # "toy"
-                 unit: str,  # `replicate_unit(plan)`
+                 unit: str,  # `replicate_unit(plan["model"], REDRAWS)`
                 ) -> pd.DataFrame:
     "claims.csv v2 rows of the chapter."
     return pd.DataFrame([claim_row("token_shift", claim_id, claim, PAPER[key], scale, unit, result, measured=measured)
@@ -508,7 +732,11 @@ def synthetic_statistics(n_seeds: int = 5,  # seeds
                          falls: float = 1.0,  # KL early - late (and prob late - early, scaled)
                          content_gap: float = 0.3,  # P(shifted | content): changed facts - world's facts
                          rank_late: float = 1.5,  # mean base rank at t >= 5
-                         urial_gap: float = -0.02,  # URIAL's oracle scores minus SFT's
+                         urial_gap: float = -0.02,  # URIAL's oracle scores minus SFT's (and DPO's)
+                         zero_shot_gap: float = 0.3,  # URIAL's oracle scores minus the base's zero-shot ones
+                         other_gap: float = 0.0,  # URIAL's oracle scores minus those with the other example set
+                         return_gap: float = 0.3,  # share of shifted minus unshifted positions moved by the rebound
+                         shared_gap: float = 0.3,  # overlap of the SFT and DPO models' shifted tokens minus chance
                          noise: float = 0.01,  # per-seed noise
                          seed: int = 0,  # noise seed
                         ) -> pd.DataFrame:
@@ -524,8 +752,17 @@ def synthetic_statistics(n_seeds: int = 5,  # seeds
     main["p_shifted_style"] = main.p_shifted_content + style_gap + e()
     main["urial2_help"], main["urial2_harm"] = main.sft_help + urial_gap + e(), main.sft_harm + urial_gap + e()
     main["p_style_shifted"] = main.p_style + (0.25 if style_gap > 0 else -0.25 if style_gap < 0 else 0) + e()
+    main["dpo_help"], main["dpo_harm"] = main.sft_help + e(), main.sft_harm + e()
+    for name, gap in (("urial0", zero_shot_gap), ("other2", other_gap)):
+        main[f"{name}_help"], main[f"{name}_harm"] = main.urial2_help - gap + e(), main.urial2_harm - gap + e()
+    for name in ("urial0", "urial2", "other2"):
+        main[f"{name}_logprob"] = -2.0 + e()
+    main["p_return_unshifted"] = 0.1 + e()
+    main["p_return_shifted"] = main.p_return_unshifted + return_gap + e()
+    main["shared_chance"] = 0.2 + e()
+    main["shared_shifted"] = main.shared_chance + shared_gap + e()
     control = main.assign(variant="changed_facts", p_shifted_content=main.p_shifted_content + content_gap + e())
-    return pd.concat([main, control], ignore_index=True)
+    return pd.concat([main, control, main.assign(variant="dpo")], ignore_index=True)
 
 # %% ../nbs/07a_token_shift.ipynb #5b74dc8c
 def _interval(values) -> tuple[float, float, float]:
@@ -599,21 +836,35 @@ def plot_positions(rows: pd.DataFrame,  # `run_study` rows
     return figure
 
 # %% ../nbs/07a_token_shift.ipynb #60948ab8
-def plot_urial(stats: pd.DataFrame,  # `seed_statistics` of the aligned model
+def plot_urial(stats: pd.DataFrame,  # `seed_statistics` (the URIAL columns sit on the aligned model's rows)
               ) -> plt.Figure:
-    "The oracles' scores of the base with K URIAL examples against the SFT model: mean over seeds, t 95% intervals."
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """The oracles' scores of the base with K URIAL examples against the SFT and DPO models, and the SFT answers'
+    log-probability under the base with K examples: mean over seeds, t 95% intervals."""
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4))
     main, ks = stats[stats.variant == "aligned"], urial_ks(stats)
-    for axis, kind, name in zip(axes, ["help", "harm"], ["fact questions: helpfulness", "harmful requests: safe share"]):
+    panels = [("help", "fact questions: helpfulness"), ("harm", "harmful requests: safe share"),
+              ("logprob", "SFT answers: log-probability per token")]
+    for axis, (kind, name) in zip(axes, panels):
         cells = [_interval(main[f"urial{k}_{kind}"]) for k in ks]
         axis.errorbar(ks, [c[0] for c in cells], yerr=np.abs(np.array([[c[0] - c[1], c[2] - c[0]] for c in cells]).T),
                       marker="o", capsize=3, label="base + URIAL (K examples)")
-        sft_mean, sft_low, sft_high = _interval(main[f"sft_{kind}"])
-        axis.axhline(sft_mean, color="C1", label="SFT")
-        axis.axhspan(sft_low, sft_high, color="C1", alpha=0.2)
+        if ks and ks[-1] and f"other{ks[-1]}_{kind}" in main:
+            other = _interval(main[f"other{ks[-1]}_{kind}"])
+            axis.errorbar([ks[-1] + 0.1], [other[0]], yerr=[[other[0] - other[1]], [other[2] - other[0]]], marker="s",
+                          capsize=3, linestyle="none", label="the other example set")
+        for tuned, color in (("sft", "C1"), ("dpo", "C2")):
+            if f"{tuned}_{kind}" in main:
+                mean, low, high = _interval(main[f"{tuned}_{kind}"])
+                axis.axhline(mean, color=color, label=tuned.upper())
+                axis.axhspan(low, high, color=color, alpha=0.2)
         axis.set_xticks(ks)
-        axis.set(xlabel="K in-context examples", ylim=(-0.02, 1.02),
-                 title=f"{name}: URIAL K={ks[-1]} {cells[-1][0]:.2f}, SFT {sft_mean:.2f}")
-    axes[0].legend()
+        title = f"{name}: K={ks[-1]} {cells[-1][0]:.2f}" if ks else name
+        if f"sft_{kind}" in main:
+            title += f", SFT {main[f'sft_{kind}'].mean():.2f}" + (f", DPO {main[f'dpo_{kind}'].mean():.2f}"
+                                                                   if f"dpo_{kind}" in main else "")
+        axis.set(xlabel="K in-context examples", title=title)
+        if kind != "logprob":
+            axis.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
     return figure

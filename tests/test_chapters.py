@@ -52,8 +52,10 @@ CHAPTERS = {
     "03_elasticity": Contract(
         "alignrepro.elasticity:ELASTICITY",
         dict(seeds=[0, 1, 2], sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, token_fractions=[0.5, 1.0],
-             n_pos=[4, 8], n_neg=[0, 4, 8, 12, 16], resist_n=8, resist_prompts=4, n_eval=4, theory_points=3),
-        [1, 2, 3], 11, ["resistance.png", "rebound.png", "controls.png", "trends.png", "theory.png"],
+             k_fractions=[0.5, 1.0], k_n_pos=4, map_lrs=[5e-4], map_epochs=[1], n_pos=[4, 8], n_neg=[0, 4, 8, 12, 16],
+             resist_n=8, resist_prompts=4, n_eval=4, theory_points=3),
+        [1, 2, 3], 16, ["resistance.png", "rebound.png", "controls.png", "variants.png", "strength_map.png", "trends.png",
+                        "theory.png"],
         dict(n_neg=[3, 1, 2]), "rebound", dict(pos_share=0.5)),
     "04_peft_grid": Contract(
         "alignrepro.peft_grid:PEFT_GRID",
@@ -65,9 +67,9 @@ CHAPTERS = {
     "05_repe": Contract(
         "alignrepro.repe:REPE",
         dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3,
-             small_model=None, norms=[-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]),
-        [3, 4, 5], 6, ["tradeoff_toy.png"], dict(method="median", small_norm=0.1),
-        "alignment_increases_toy", dict(direction="random")),
+             small_model=None, norms=[-1.0, -0.25, -0.1, 0.0, 0.1, 0.25, 1.0]),
+        [3, 4, 5], 14, ["tradeoff_sentiment_toy.png", "tradeoff_refusal_toy.png"], dict(method="median", small_norm=0.05),
+        "alignment_increases_refusal_toy", dict(direction="random")),
     "06_honesty": Contract(
         "alignrepro.honesty:HONESTY",
         dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
@@ -77,8 +79,8 @@ CHAPTERS = {
     "07_token_shift": Contract(
         "alignrepro.token_shift:TOKEN_SHIFT",
         dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=6, n_harm=5, n_eval=3, sft_steps=2,
-             max_new_tokens=8),
-        [1, 2, 3], 9, ["shares.png", "positions.png", "urial.png"], dict(alignment="dpo"),
+             dpo_steps=2, rebound_steps=2, max_new_tokens=8),
+        [1, 2, 3], 16, ["shares.png", "positions.png", "urial.png"], dict(alignment="dpo"),
         "C3_style_shift", dict(alignment="base_samples")),
 }
 NBS = Path(__file__).resolve().parent.parent / "nbs"

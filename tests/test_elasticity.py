@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from alignrepro.core import CLAIM_COLUMNS, VERDICTS, ParameterError
-from alignrepro.elasticity import (ELASTICITY, crossing_point, curve_summary, elasticity_claims, fit_knee,
-                                   initial_slope, logit, resistance_gaps, resolve_plan)
+from alignrepro.elasticity import (ELASTICITY, PRETRAINED_PAIR, crossing_point, curve_summary, elasticity_claims, fit_knee,
+                                   initial_slope, logit, preference_pairs, resistance_gaps, resolve_plan, reversed_data)
 
 
 def _params(**changes):
@@ -59,13 +59,13 @@ def _noisy_curve(seed, n_pos, experiment="main", fall=0.2, **kwargs):
     return _curve(seed, n_pos, experiment, fall=fall * jitter, **kwargs)
 
 
-def _resistance_runs(seeds, loss_gap=0.1, kl_gap=-0.05):
+def _resistance_runs(seeds, loss_gap=0.1, kl_gap=-0.05, drop_gap=0.0):
+    "Made-up resistance rows: forward minus inverse mean loss `loss_gap`, KL `kl_gap`; inverse minus forward loss drop `drop_gap`."
     rng = np.random.default_rng(0)
-    return pd.DataFrame([dict(seed=s, pair=p, direction=d, mean_loss=1.0 + ((loss_gap + 0.02 * rng.standard_normal())
-                                                                             if d == "forward" else 0),
-                              excess=0.1, start_loss=1, loss_drop=0.1,
-                              kl_to_target=0.1 + ((kl_gap + 0.01 * rng.standard_normal()) if d == "forward" else 0))
-                         for s in seeds for p in ("a", "b", "c") for d in ("forward", "inverse")])
+    noisy = lambda gap, scale, d: (gap + scale * rng.standard_normal()) if d == "forward" else 0
+    return pd.DataFrame([dict(seed=s, pair=p, direction=d, mean_loss=1.0 + noisy(loss_gap, 0.02, d), excess=0.1, start_loss=1,
+                              loss_drop=0.1 - noisy(drop_gap, 0.01, d), kl_to_target=0.1 + noisy(kl_gap, 0.01, d))
+                         for s in seeds for p in ("a", "b", "c", PRETRAINED_PAIR) for d in ("forward", "inverse")])
 
 
 def test_claims_follow_the_runs():
@@ -74,16 +74,19 @@ def test_claims_follow_the_runs():
         curves += [_noisy_curve(seed, n) for n in (10, 100, 1000)]
         curves += [_noisy_curve(seed, 100, "size", model=f"s{p}", params=p, fall=0.15 + 0.05 * i) for i, p in enumerate([10, 100, 1000])]
         curves += [_noisy_curve(seed, 100, "tokens", model=f"t{t}", tokens=t, fall=0.2 / (i + 1)) for i, t in enumerate([1e3, 1e4, 1e5])]
+        curves += [_curve(seed, 10, "k_sweep", model=f"k{t}", tokens=t) for t in [1e3, 1e4, 1e5]]  # ratio == k exactly
     summary = curve_summary(pd.concat(curves), kl_threshold=0.1)
     table = elasticity_claims(summary, resistance_gaps(_resistance_runs(range(5))))
     assert list(table.columns) == CLAIM_COLUMNS and set(table.verdict) <= set(VERDICTS) and (table.n <= 5).all()
     claims = table.set_index("claim_id")
     assert claims.loc["resistance", "verdict"] == "reproduced"
     assert claims.loc["resistance_controlled", "verdict"] == "not reproduced"  # the KL gap is negative by construction
+    assert claims.loc["resistance_pretrained", "verdict"] == "reproduced" and claims.loc["resistance_drop", "verdict"] != "reproduced"
     assert claims.loc["size_faster", "verdict"] == "reproduced"  # steeper falls for bigger models: earlier crossing
     assert claims.loc["data_faster", "verdict"] == "not reproduced"  # shallower falls with more tokens: later crossing
     assert claims.loc["theory_k", "verdict"] == "inconclusive" and claims.loc["theory_k", "n"] == 5  # ratio == k exactly,
-    assert "zero-width" in claims.loc["theory_k", "note"]  # slope 1 in every seed: equal values decide nothing
+    assert "zero-width" in claims.loc["theory_k", "note"] and "2 decades" in claims.loc["theory_k", "note"]  # slope 1 in every seed
+    assert claims.loc["rebound_dpo", "verdict"] == "inconclusive" and claims.loc["rebound_dpo", "n"] == 0  # no DPO runs given
     assert claims.loc["knee_tracks_share", "verdict"] == "inconclusive"  # no control runs given
     assert "not applicable" in claims.loc["knee_tracks_share", "note"] and claims.loc["knee_tracks_share", "n"] == 0
     assert claims.loc["rebound", "verdict"] == "inconclusive"  # its controls are missing: a knee alone decides nothing
@@ -105,7 +108,15 @@ def _made_up_summary(effect: float, n_seeds: int = 5) -> pd.DataFrame:
             rows.append(dict(common, experiment="main", model="m", n_pos=n_pos, params=1e4, pretrain_tokens=1e5,
                              base_score=0.5, end_score=float(1 / (1 + np.exp(effect * 2 + noise()))), knee_logit=noise(),
                              slowdown=slow[n_pos], kl_crossing=300 - effect * 20 * np.log2(n_pos) + noise(5),
-                             crossing=300.0, k=1e5 / (10 * n_pos), slope_ratio=(1e5 / (10 * n_pos)) ** effect * np.exp(noise())))
+                             crossing=3 * n_pos * 10 ** (-0.65 - 0.65 * (1 - effect) + noise(0.05)), k=1.0, slope_ratio=1.0))
+        for experiment in ("reversed", "dpo"):  # shaped like the main runs
+            rows.append(dict(common, experiment=experiment, model="m", n_pos=100, params=1e4, pretrain_tokens=1e5,
+                             base_score=0.5, end_score=float(1 / (1 + np.exp(effect * 2 + noise()))), knee_logit=noise(),
+                             slowdown=10 ** (effect + noise()), kl_crossing=300.0, crossing=300.0, k=1.0, slope_ratio=1.0))
+        for tokens in (1e3, 1e4, 1e5):  # k from 10 to 1000
+            rows.append(dict(common, experiment="k_sweep", model=f"k{tokens}", n_pos=10, params=1e4, pretrain_tokens=tokens,
+                             base_score=0.5, end_score=0.1, knee_logit=0.0, slowdown=10.0, kl_crossing=300.0, crossing=300.0,
+                             k=tokens / 100, slope_ratio=(tokens / 100) ** effect * np.exp(noise())))
         rows.append(dict(common, experiment="control_share", model="c", n_pos=100, params=1e4, pretrain_tokens=1e5,
                          base_score=0.3, end_score=0.1, knee_logit=effect * float(logit(0.3)) + noise(), slowdown=10.0,
                          kl_crossing=300.0, crossing=300.0, k=1.0, slope_ratio=1.0))
@@ -124,8 +135,13 @@ def _made_up_summary(effect: float, n_seeds: int = 5) -> pd.DataFrame:
 @pytest.mark.parametrize("effect", [1.0, 0.0, -1.0])
 def test_every_rule_can_fail(effect):
     "A true effect reproduces every claim; a null effect reproduces none; a reversed effect is 'not reproduced'."
-    runs = _resistance_runs(range(5), loss_gap=0.1 * effect, kl_gap=0.05 * effect)
-    claims = elasticity_claims(_made_up_summary(effect), resistance_gaps(runs), unit="seeds (pre-training re-drawn)")
+    runs = _resistance_runs(range(5), loss_gap=0.1 * effect, kl_gap=0.05 * effect, drop_gap=0.05 * effect)
+    summary = _made_up_summary(effect)
+    cell = summary[summary.experiment.isin(["main", "control_share", "never"])]
+    strength = pd.concat([cell.assign(lr=1e-4, epochs=1),  # the gentle cell carries the effect; the strong one does not
+                          cell.assign(lr=5e-4, epochs=3, knee_logit=0.0)])
+    claims = elasticity_claims(summary, resistance_gaps(runs), unit="seeds (pre-training re-drawn)", strength=strength)
+    assert "gentlest cell" in claims.set_index("claim_id").loc["knee_tracks_share", "note"]
     verdicts = claims.set_index("claim_id").verdict
     assert (claims.n == 5).all() and (claims.unit == "seeds (pre-training re-drawn)").all(), claims[["claim_id", "n"]]
     if effect > 0:
@@ -151,12 +167,28 @@ def test_matched_crossing_discounts_a_higher_post_alignment_score():
     assert claims.loc["resistance", "verdict"] == "inconclusive" and "not applicable" in claims.loc["resistance", "note"]
 
 
+def test_reversed_data_and_preference_pairs():
+    from datasets import Dataset
+    from alignrepro.elasticity import SentimentData
+    pos = Dataset.from_dict(dict(prompt=["how is the lamp ?"], completion=["the lamp is great . <eos>"]))
+    neg = Dataset.from_dict(dict(prompt=["how is the desk ?"], completion=["the desk is awful . i hate it . <eos>"]))
+    pairs = preference_pairs(pos, neg)
+    assert pairs[0] == dict(prompt="how is the lamp ?", chosen="the lamp is great .", rejected="the lamp is awful . i hate it .")
+    data = SentimentData(lambda n, s: pos, lambda n, s: neg, ["the lamp is"], ["great"], ["awful"], [], [], pos,
+                         lambda texts: np.ones(len(texts)))
+    flipped = reversed_data(data)
+    assert flipped.positive(1, 0) is neg and flipped.pos_words == ["awful"] and flipped.text_scorer(["x"])[0] == -1
+
+
 def test_resolve_plan_at_every_scale():
     toy = resolve_plan(_params())
     assert len(toy["models"]["size"]) >= 3 and toy["models"]["never"]["fraction"] == 0.0 and toy["lr"] == 5e-4
     assert [s["fraction"] for s in toy["models"]["tokens"]] == [0.25, 0.5, 1.0]
+    k = [s["fraction"] * s["n_tokens"] for s in toy["models"]["k_sweep"]]
+    assert k[-1] / k[0] >= 10 ** 1.5 and toy["k_n_pos"] == 2  # the k sweep spans more than 1.5 decades
     small = resolve_plan(_params(scale="small"))
     assert small["peft"] == "lora" and small["models"]["main"]["kind"] == "smollm2" and small["models"]["never"] is None
+    assert small["models"]["k_sweep"] == []
     paper = resolve_plan(_params(scale="paper"))
     assert paper["lr"] == 1e-5 and paper["preset"] == "ji_elasticity" and paper["n_pos"] == [1000, 2000, 5000, 10000]
     assert paper["models"]["main"]["name"] == "meta-llama/Llama-2-7b-hf" and len(paper["models"]["tokens"]) == 3
@@ -174,7 +206,8 @@ def test_toy_specs_load_the_models_pretrained_before_the_study_stage(tmp_path, m
     world = WorldConfig(sentiment_pos_share=0.3, behaviour_mix=(0.6, *(rest / rest.sum() * 0.4).tolist()))
     before = models.pretrain(world, "xxs", 1000, seed=0, checkpoints=(0.0, 0.5, 1.0), store=store, batch_size=16, lr=3e-3)
     monkeypatch.setattr(models, "train_loop", lambda *args, **kwargs: pytest.fail("retrained a cached model"))
-    plan = resolve_plan(_params(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=1000, token_fractions=[0.5, 1.0]))
+    plan = resolve_plan(_params(sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=1000, token_fractions=[0.5, 1.0],
+                                k_fractions=[0.5, 1.0]))
     assert plan["models"]["control_share"]["seed"] is None  # pre-trained per seed by default: seed 0 is the model above
     assert pretrained(ModelSpec(**plan["models"]["control_share"]).for_seed(0), store).root == before.root
 

@@ -7,10 +7,11 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from alignrepro.core import CLAIM_COLUMNS, ParameterError, RunStore
 from alignrepro.models import pretrain, toy_tokenizer
-from alignrepro.repe import (REPE, alignment_scores, claims_table, decoder_layers, direction, fit_power, layer_indices,
-                             norm_sweep, random_directions, read_activations, replicate_unit, resolve_plan,
-                             seed_statistics, steer, steering_vectors)
-from alignrepro.study import ModelSpec, pretrained
+from alignrepro.repe import (REDRAWS, REPE, alignment_forms, alignment_scores, build_tasks, claims_table,
+                             decoder_layers, direction, fit_power, inside, layer_indices, norm_sweep, random_directions,
+                             read_activations, read_control_vector, repeng_vectors, resolve_plan,
+                             seed_statistics, steer, steering_vectors, stimulus_sets, write_control_vector)
+from alignrepro.study import ModelSpec, pretrained, replicate_unit
 from alignrepro.world import ToyWorld, WorldConfig
 
 PROMPT = "<user> how is the lamp ? <assistant> the lamp is"
@@ -131,10 +132,10 @@ def test_norm_sweep_rows_and_reference(tiny):
         norm_sweep(model, tokenizer, units, scales, [1.0, -1.0], behaviour, questions, ["the sun is warm today ."])
 
 
-NORMS = np.array([-2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 1, 2])
+NORMS = np.array([-2, -1, -0.5, -0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 1, 2])
 
 
-def _synthetic_sweeps(alignment=lambda r: 0.5 + 0.3 * np.tanh(r / 3), helpfulness=lambda r: 0.3 - 0.05 * r ** 2,
+def _synthetic_sweeps(alignment=lambda r: 0.5 + 0.6 * np.tanh(r / 6), helpfulness=lambda r: 0.3 - 0.05 * r ** 2,
                       seeds=range(5), noise=1e-4) -> pd.DataFrame:
     rows = []
     for seed in seeds:
@@ -147,7 +148,7 @@ def _synthetic_sweeps(alignment=lambda r: 0.5 + 0.3 * np.tanh(r / 3), helpfulnes
 def _verdicts(sweeps: pd.DataFrame, small_norm: float = 0.5) -> pd.Series:
     claims = claims_table(seed_statistics(sweeps, small_norm), "toy", "seeds (test)")
     assert list(claims.columns) == CLAIM_COLUMNS and (claims.unit == "seeds (test)").all()
-    return claims.set_index("claim_id").verdict.rename(lambda c: c.removesuffix("_toy"))
+    return claims.set_index("claim_id").verdict.rename(lambda c: c.removesuffix("_aligned_toy"))
 
 
 def test_statistics_follow_the_data():
@@ -191,7 +192,8 @@ def test_saturation_fails_for_a_curve_that_turns_down_or_never_bends():
     assert _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0.1 * r, noise=1e-3))["alignment_saturates"] != "reproduced"
     no_beyond = _synthetic_sweeps()
     claims = claims_table(seed_statistics(no_beyond[no_beyond.norm.abs() <= 0.5], 0.5), "toy").set_index("claim_id")
-    assert claims.verdict["alignment_saturates_toy"] == "inconclusive" and "not applicable" in claims.note["alignment_saturates_toy"]
+    saturates = "alignment_saturates_aligned_toy"
+    assert claims.verdict[saturates] == "inconclusive" and "not applicable" in claims.note[saturates]
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0])
@@ -202,11 +204,78 @@ def test_fit_power_recovers_the_exponent_from_noisy_curves(p):
     assert abs(np.median(found) - p) < 0.15 and np.mean(np.abs(found - p) < 0.5) > 0.9
 
 
+def test_held_out_stimuli_are_disjoint_from_the_scored_ones(tiny):
+    "The direction is read from one half of the words and templates; alignment is scored on the other half."
+    for behaviour in ("sentiment", "refusal"):
+        sets = stimulus_sets(behaviour)
+        for key in ("aligned", "misaligned", "templates"):
+            assert sets["read"][key] and set(sets["read"][key]).isdisjoint(sets["scored"][key]), (behaviour, key)
+    _, tokenizer = tiny
+    plan = resolve_plan(REPE.parameters(n_stimuli=40, n_behaviour=40))
+    for behaviour, (stimuli, scored) in build_tasks(plan, tokenizer, seed=3)["behaviours"].items():
+        sets = stimulus_sets(behaviour)
+        read_words = {w for text in pd.concat([stimuli.chosen, stimuli.rejected]) for w in text.split()}
+        scored_words = {w for options in pd.concat([scored.chosen, scored.rejected]) for w in options}
+        assert scored_words <= set(sets["scored"]["aligned"] + sets["scored"]["misaligned"])
+        assert read_words.isdisjoint(scored_words), (behaviour, read_words & scored_words)
+        requests = lambda frame: {p.split("<assistant>")[0] for p in frame.prompt}
+        assert requests(stimuli).isdisjoint(requests(scored))
+    with pytest.raises(ParameterError, match="behaviour"):
+        stimulus_sets("bias")
+
+
+def test_inside_holds_when_the_interval_contains_the_value_and_fails_when_it_excludes_it():
+    rng = np.random.default_rng(0)
+    assert inside(2 + rng.normal(0, 0.3, 5), 2.0).verdict == "reproduced"
+    assert inside(1 + rng.normal(0, 0.05, 5), 2.0).verdict == "not reproduced"  # reversed: another order
+    assert inside(3 + rng.normal(0, 0.05, 5), 2.0).verdict == "not reproduced"
+    assert inside(2 + rng.normal(0, 0.3, 3), 2.0).verdict == "inconclusive"  # too few seeds
+
+
+def test_held_out_form_comparison_prefers_the_true_form():
+    x = np.array([-0.5, -0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    rng = np.random.default_rng(0)
+    straight = alignment_forms(x, 0.5 + 0.1 * x + rng.normal(0, 1e-3, x.size))
+    bent = alignment_forms(x, 0.5 + 0.3 * np.tanh(6 * x) + rng.normal(0, 1e-3, x.size))
+    assert straight["linear"] < min(straight["tanh"], straight["power"])
+    assert bent["linear"] > 10 * min(bent["tanh"], bent["power"])
+    assert _verdicts(_synthetic_sweeps())["alignment_linear_heldout"] == "reproduced"
+    assert _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0.3 * np.tanh(6 * r)))["alignment_linear_heldout"] == "not reproduced"
+    for noise in (1e-3, 1e-2):  # a flat curve is not a linear rise
+        assert _verdicts(_synthetic_sweeps(lambda r: 0.5 + 0 * r, noise=noise))["alignment_linear_heldout"] != "reproduced"
+
+
+def test_repeng_recipe_against_alignrepro_directions_and_its_gguf_files(tiny, tmp_path):
+    "repeng's pca_center is alignrepro's pca axis; its GGUF export is read back by block, and other files are refused."
+    model, tokenizer = tiny
+    world = ToyWorld()
+    contrast = pd.DataFrame(dict(prompt=world.review_prompts(20, seed=2),
+                                 chosen=[f"{w} . it is" for w in (world.sentiment_words("pos") * 2)[:20]],
+                                 rejected=[f"{w} . it is" for w in (world.sentiment_words("neg") * 2)[:20]]))
+    theirs = repeng_vectors(model, tokenizer, contrast, method="pca_center")
+    assert sorted(theirs) == [1, 2]  # every block but the first, as repeng's default
+    ours = steering_vectors(model, tokenizer, contrast, [1, 2], method="pca")[0]
+    assert all(abs(float(theirs[i] @ ours[i])) > 0.999 for i in theirs)
+    diff = repeng_vectors(model, tokenizer, contrast, [-1])
+    assert list(diff) == [2] and torch.isclose(diff[2].norm(), torch.tensor(1.0))
+    write_control_vector({i: 2.0 * v for i, v in theirs.items()}, str(tmp_path / "v.gguf"), model_hint="llama")
+    back = read_control_vector(str(tmp_path / "v.gguf"))
+    assert sorted(back) == [1, 2] and all(torch.allclose(back[i], 2.0 * theirs[i]) for i in theirs)
+    import gguf
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama")
+    writer.add_tensor("direction.1", np.ones(4, dtype=np.float32))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+    with pytest.raises(ValueError, match="controlvector"):
+        read_control_vector(str(tmp_path / "model.gguf"))
+    with pytest.raises(ParameterError, match="method"):
+        repeng_vectors(model, tokenizer, contrast, method="umap")
+
+
 def test_units_say_what_a_seed_redraws():
-    toy = resolve_plan(REPE.parameters())
-    assert replicate_unit(toy) == "seeds (toy model pre-training, stimuli and test prompts re-drawn)"
-    assert "one pre-trained toy model" in replicate_unit(resolve_plan(REPE.parameters(toy_model_seed=0)))
-    assert replicate_unit(resolve_plan(REPE.parameters(), "small")).endswith("one pre-trained model)")
+    unit = lambda plan: replicate_unit(plan["model"], REDRAWS)
+    assert unit(resolve_plan(REPE.parameters())) == "seeds (pre-training, stimuli and test prompts re-drawn)"
+    assert "one pre-trained toy model, seed 0" in unit(resolve_plan(REPE.parameters(toy_model_seed=0)))
+    assert unit(resolve_plan(REPE.parameters(), "small")).endswith("smollm2 model, the same in every replicate)")
 
 
 def test_random_direction_is_a_seeded_unit_vector():
@@ -223,12 +292,13 @@ def test_random_direction_is_a_seeded_unit_vector():
 def test_resolve_plan_for_every_scale():
     toy = resolve_plan(REPE.parameters(toy_size="xs", toy_tokens=1000, norms=[1, -1, 0, 0.5, -0.5], small_norm=1))
     assert ModelSpec(**toy["model"]) == ModelSpec(size="xs", n_tokens=1000, seed=None)  # one model per seed
-    assert toy["behaviour"] == "world:sentiment" and toy["norms"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert toy["behaviours"] == {"sentiment": "world:sentiment", "refusal": "world:refusal"}
+    assert toy["norms"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     small = resolve_plan(REPE.parameters(small_n=4), "small")
     assert small["model"]["kind"] == "smollm2" and small["questions"] == "facts:capital" and small["n_neutral"] == 2
     paper = resolve_plan(REPE.parameters(scale="paper", paper_model="mistralai/Mistral-7B-Instruct-v0.2"))
     assert paper["model"] == ModelSpec(kind="hub", name="mistralai/Mistral-7B-Instruct-v0.2").to_dict()
-    assert (paper["behaviour"], paper["questions"], paper["reduce"]) == ("hh_rlhf:harmless", "triviaqa:validation", "mean")
+    assert (paper["behaviours"], paper["questions"], paper["reduce"]) == ({"refusal": "hh_rlhf:harmless"}, "triviaqa:validation", "mean")
     with pytest.raises(ParameterError, match="scale"):
         resolve_plan(REPE.parameters(), "huge")
 

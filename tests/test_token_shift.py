@@ -13,7 +13,10 @@ from alignrepro.token_shift import (
     claims_table,
     content_words,
     full_kl,
+    opposite_data,
+    preference_data,
     shared_words,
+    shared_shifted,
     shift_category,
     synthetic_statistics,
     token_label,
@@ -23,7 +26,9 @@ from alignrepro.token_shift import (
 from alignrepro.world import ToyWorld
 
 TESTED = ["C1_unshifted_majority", "C2_few_shifted", "C3_style_shift", "C3_shifted_are_style", "C3_content_control",
-          "C5_shift_falls"]
+          "C5_shift_falls", "C2_few_shifted_dpo", "C3_style_shift_dpo", "C8_urial_beats_zero_shot",
+          "rebound_shifted_first", "C4_shared_shifted_tokens"]
+NO_DIFFERENCE = ["C6_base_continues", "C7_urial_near_sft", "C7_urial_near_dpo", "C10_other_examples_same"]
 
 
 def _verdicts(stats: pd.DataFrame) -> pd.Series:
@@ -63,21 +68,43 @@ def test_changed_facts_change_content_words_only():
         assert all(token_label(x, content) == "content" for x, y in zip(before.split(), after.split()) if x != y)
 
 
+def test_preference_and_opposite_data_ask_the_alignment_prompts():
+    world = ToyWorld()
+    prompts = list(alignment_data(world, 5, 3, seed=2)["prompt"])
+    assert list(preference_data(world, 5, 3, seed=2)["prompt"]) == prompts == list(opposite_data(world, 5, 3, 2)["prompt"])
+
+
+def test_shared_shifted_tokens_beyond_chance():
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(50)])
+
+    def rows(shifting):
+        tokens = rng.choice(vocab, 500)
+        return pd.DataFrame(dict(token=tokens, category=np.where(np.isin(tokens, shifting), "shifted", "unshifted")))
+    same, chance = shared_shifted(rows(vocab[:8]), rows(vocab[:8]))
+    assert same == 1.0 and chance < 0.3
+    disjoint, chance = shared_shifted(rows(vocab[:8]), rows(vocab[20:28]))
+    assert disjoint == 0.0 and chance > 0
+
+
 def test_rules_reproduce_the_pattern():
     verdicts = _verdicts(synthetic_statistics())
-    assert (verdicts[TESTED + ["C6_base_continues", "C7_urial_near_sft"]] == "reproduced").all(), verdicts
+    assert (verdicts[TESTED + NO_DIFFERENCE] == "reproduced").all(), verdicts
 
 
 def test_rules_reject_a_reversed_effect():
-    stats = synthetic_statistics(style_gap=-0.2, falls=-1.0, content_gap=-0.3, rank_late=9.0, urial_gap=-0.5).assign(
+    stats = synthetic_statistics(style_gap=-0.2, falls=-1.0, content_gap=-0.3, rank_late=9.0, urial_gap=-0.5,
+                                 zero_shot_gap=-0.3, other_gap=0.5, return_gap=-0.3,
+                                 shared_gap=-0.3).assign(
         base_continues=lambda s: s.base_continues - 0.5, share_unshifted=lambda s: s.share_unshifted - 0.5,
         share_shifted=lambda s: s.share_shifted + 0.25)
     verdicts = _verdicts(stats)
-    assert (verdicts[TESTED + ["C6_base_continues", "C7_urial_near_sft"]] == "not reproduced").all(), verdicts
+    assert (verdicts[TESTED + NO_DIFFERENCE] == "not reproduced").all(), verdicts
 
 
 def test_rules_never_reproduce_a_null_effect():
-    stats = synthetic_statistics(style_gap=0, falls=0, content_gap=0, rank_late=5.0, noise=0.02, seed=0).assign(
+    stats = synthetic_statistics(style_gap=0, falls=0, content_gap=0, rank_late=5.0, zero_shot_gap=0, return_gap=0,
+                                 shared_gap=0, noise=0.02, seed=0).assign(
         share_unshifted=lambda s: 0.5 + s.share_marginal - 0.15, share_shifted=lambda s: 0.1 + s.share_marginal - 0.15)
     assert "reproduced" not in set(_verdicts(stats)[TESTED]), _verdicts(stats)
 
@@ -88,11 +115,12 @@ def test_three_seeds_decide_nothing():
 
 def test_tiny_chapter_writes_claims(run_chapter):
     _, out_dir = run_chapter("07_token_shift", seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=6, n_harm=5,
-                             n_eval=3, sft_steps=2, max_new_tokens=8)
+                             n_eval=3, sft_steps=2, dpo_steps=2, rebound_steps=2, max_new_tokens=8)
     claims = pd.read_csv(out_dir / "claims.csv")
-    assert list(claims.columns) == CLAIM_COLUMNS and len(claims) == 9 and claims.claim_id.is_unique
+    assert list(claims.columns) == CLAIM_COLUMNS and len(claims) == 16 and claims.claim_id.is_unique
     assert set(claims.verdict) == {"inconclusive"} and (claims.n <= 3).all()
     assert claims.paper.notna().all() and claims.unit.str.startswith("seeds").all()
     results = pd.read_parquet(out_dir / "results.parquet")
-    assert {"token", "urial"} <= set(results.record) and set(results.seed) == {0, 1, 2}
+    assert {"token", "urial", "rebound"} <= set(results.record) and set(results.seed) == {0, 1, 2}
+    assert {"aligned", "dpo", "changed_facts"} == set(results.variant)
     assert all((out_dir / name).exists() for name in ("shares.png", "positions.png", "urial.png"))
