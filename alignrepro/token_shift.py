@@ -22,12 +22,12 @@ from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import FAMILIES, IDK_REPLY, REFUSALS, SAFETY_TOPICS, ToyWorld, response_words
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'TOKEN_SHIFT', 'EARLY', 'PAPER', 'UNSHIFTED_MAJORITY', 'FEW_SHIFTED',
-           'RANK_LATE', 'CONTINUATION_MARGIN', 'URIAL_MARGIN', 'content_words', 'template_words', 'shared_words',
-           'token_label', 'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data', 'changed_facts',
-           'greedy_answers', 'style_world', 'resolve_plan', 'preference_data', 'opposite_data', 'rebound_ranks',
-           'urial_prompts', 'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob', 'urial_sweep',
-           'measure', 'replicate', 'run_replicate', 'run_study', 'grid_plan', 'replicate_unit', 'shared_shifted',
+__all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'TOKEN_SHIFT', 'REDRAWS', 'EARLY', 'PAPER', 'UNSHIFTED_MAJORITY',
+           'FEW_SHIFTED', 'RANK_LATE', 'CONTINUATION_MARGIN', 'URIAL_MARGIN', 'content_words', 'template_words',
+           'shared_words', 'token_label', 'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data',
+           'changed_facts', 'greedy_answers', 'style_world', 'resolve_plan', 'preference_data', 'opposite_data',
+           'rebound_ranks', 'urial_prompts', 'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob',
+           'urial_sweep', 'measure', 'replicate', 'run_replicate', 'run_study', 'grid_plan', 'shared_shifted',
            'urial_statistics', 'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics',
            'plot_shares', 'plot_positions', 'plot_urial']
 
@@ -485,12 +485,7 @@ def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`)
     return replicate_cells(TOKEN_SHIFT.study, resolve_plan(params), params["seeds"]), run_replicate
 
 
-def replicate_unit(plan: dict  # from `resolve_plan`
-                  ) -> str:
-    "What one unit is, for claims.csv's `unit`."
-    if ModelSpec(**plan["model"]).seed is None:
-        return "seeds (pre-training, alignment data and prompts re-drawn)"
-    return "seeds (one pre-trained base: alignment data and prompts re-drawn)"
+REDRAWS = "alignment data and prompts"  # what a seed re-draws besides pre-training (`alignrepro.study.replicate_unit`)
 
 # %% ../nbs/07a_token_shift.ipynb #4c458797
 EARLY = 5  # positions t < 5 are "early", t >= 5 "late" (Lin et al. Fig. 4: "lower than 5 soon after t >= 5")
