@@ -18,7 +18,7 @@ from .core import COMMON_RULES, ParameterError, RunStore, boolean, int_list, num
 from .evaluate import sample
 from .stats import (ClaimResult, all_of, claim_row, equivalence, mean_effect, paired_effect, t_interval,
                               untested)
-from .study import Chapter, ModelSpec, load, replicate_cells, replicates
+from .study import Chapter, ModelSpec, load, replicate_cells
 from .world import FAMILIES, IDK_REPLY, REFUSALS, SAFETY_TOPICS, ToyWorld, response_words
 
 # %% auto #0
@@ -27,9 +27,9 @@ __all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'TOKEN_SHIFT', 'REDR
            'shared_words', 'token_label', 'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data',
            'changed_facts', 'greedy_answers', 'style_world', 'resolve_plan', 'preference_data', 'opposite_data',
            'rebound_ranks', 'urial_prompts', 'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob',
-           'urial_sweep', 'measure', 'replicate', 'run_replicate', 'run_study', 'grid_plan', 'shared_shifted',
-           'urial_statistics', 'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics',
-           'plot_shares', 'plot_positions', 'plot_urial']
+           'urial_sweep', 'measure', 'replicate', 'run_replicate', 'grid_plan', 'shared_shifted', 'urial_statistics',
+           'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics', 'plot_shares',
+           'plot_positions', 'plot_urial']
 
 # %% ../nbs/07a_token_shift.ipynb #7fec2360
 def content_words(world: ToyWorld  # the toy world
@@ -468,15 +468,6 @@ def run_replicate(cell: dict,  # {study, plan, seed}, one of `replicates`' cells
     return replicate(cell["plan"], cell["seed"], base, tokenizer)
 
 
-def run_study(plan: dict,  # from `resolve_plan`
-              seeds: Sequence[int],  # one replicate per seed
-              store: RunStore | None = None,  # the run store; default `RunStore()`
-              executor: str = "pool",  # "pool", "local", "submitit" or "submitit-local" (see `replicates`)
-              max_parallel: int | None = None,  # replicates running at once; None: every core for "pool"
-             ) -> pd.DataFrame:
-    "All seeds' rows of a plan (tidy), each replicate computed once and stored."
-    return replicates(TOKEN_SHIFT.study, plan, seeds, run_replicate, store, executor, max_parallel)
-
 
 def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
              ) -> tuple[list[dict], Callable]:
@@ -542,7 +533,7 @@ def urial_statistics(urial: pd.DataFrame  # one seed's `urial_sweep` rows
     return out
 
 
-def seed_statistics(rows: pd.DataFrame,  # `run_study` rows
+def seed_statistics(rows: pd.DataFrame,  # `replicates` rows of `run_replicate`
                     template: str = "zero-shot",  # the base template the shares are read under
                    ) -> pd.DataFrame:
     "One row per seed and variant: category shares, the style table, early/late shift, C6 and URIAL scores."
@@ -797,7 +788,7 @@ def plot_shares(stats: pd.DataFrame,  # `seed_statistics` rows (any templates an
     return figure
 
 
-def plot_positions(rows: pd.DataFrame,  # `run_study` rows
+def plot_positions(rows: pd.DataFrame,  # `replicates` rows of `run_replicate`
                    variant: str = "aligned",  # which aligned model
                    template: str = "zero-shot",  # which base template
                    max_position: int = 20,  # last position drawn
