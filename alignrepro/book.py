@@ -258,7 +258,7 @@ class PageResult:
     status: str  # "executed", "copied", "failed", "missing"
     seconds: float = 0.0
     error: str = ""
-    cpu_seconds: float = 0.0  # CPU time of the page's kernel and every process it waited for
+    cpu_seconds: float = 0.0  # CPU time of the page's process, its kernel and every process they waited for
     peak_mib: float = 0.0  # the largest resident set among them (right when the page ran in a fresh process)
 
 
@@ -282,7 +282,7 @@ def run_page(source: Path,  # the page's notebook in nbs/
     "Execute a chapter with papermill into `dest`, or copy a plain page; with what it cost."
     import nbformat
     import papermill
-    start, before = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, before = time.time(), [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     if not source.exists():
         return PageResult(source.name, "missing")
     if not _has_parameters(nbformat.read(source, as_version=4)):
@@ -294,9 +294,9 @@ def run_page(source: Path,  # the page's notebook in nbs/
         status, error = "executed", ""
     except Exception as failure:  # papermill wraps the cell's error; report it and go on with the book
         status, error = "failed", _failure_text(failure)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
-    return PageResult(source.name, status, time.time() - start, error, cpu, after.ru_maxrss / 1024)
+    after = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(getattr(a, f) - getattr(b, f) for a, b in zip(after, before) for f in ("ru_utime", "ru_stime"))
+    return PageResult(source.name, status, time.time() - start, error, cpu, after[1].ru_maxrss / 1024)
 
 # %% ../nbs/07_book.ipynb #0648d0e7
 def _cell_options(source: str) -> tuple[dict, str]:
@@ -444,6 +444,22 @@ class BookResult:
         return "\n".join(lines)
 
 
+def _is_chapter(source: Path) -> bool:
+    "Whether the page is a chapter (a cell tagged `parameters`), read as plain JSON."
+    return source.exists() and any("parameters" in c.get("metadata", {}).get("tags", [])
+                                   for c in json.loads(source.read_text())["cells"])
+
+
+def _page_processes():
+    """Where chapters run: a fork server that has imported papermill and this module once, so each chapter's
+    fresh process starts in milliseconds rather than seconds (spawn where the platform has no fork server)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["papermill", "alignrepro.book"])
+    return context
+
+
 def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
                project: str | Path | None = None,  # folder with `_quarto.yml` and `nbs/`; default: found from cwd
                chapters: list[str] | None = None,  # only these chapters (stems or file names); default all
@@ -465,16 +481,23 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     todo = [(number, page) for number, page in enumerate(pages, 1) if page not in GENERATED_PAGES
             and (not wanted or Path(page).stem in wanted or page == "index.ipynb")]
     jobs = jobs or min(2, os.cpu_count() or 1)
-    log(f"{len(todo)} pages, {jobs} at a time: " + ", ".join(page for _, page in todo))
-    spawn = multiprocessing.get_context("spawn")  # a fresh process per page: its costs are its own
-    with ProcessPoolExecutor(jobs, mp_context=spawn, max_tasks_per_child=1) as pool:
-        running = {pool.submit(run_page, project / "nbs" / page, out / page,
-                               {**(parameters or {}), "out_dir": str(out / Path(page).stem)}, project / "nbs"):
-                   (number, page) for number, page in todo}
+    log(f"{len(todo)} pages, chapters {jobs} at a time: " + ", ".join(page for _, page in todo))
+    results = {}
+    with ProcessPoolExecutor(jobs, mp_context=_page_processes(), max_tasks_per_child=1) as pool:
+        running = {}
+        for number, page in todo:
+            args = (project / "nbs" / page, out / page, {**(parameters or {}), "out_dir": str(out / Path(page).stem)},
+                    project / "nbs")
+            if _is_chapter(args[0]):  # a fresh process per chapter: its costs are its own
+                running[pool.submit(run_page, *args)] = (number, page)
+            else:  # a plain page is copied here
+                results[page] = run_page(*args)
+                log(f"[{number}/{len(pages)}] {page} {results[page].status}")
         for job in as_completed(running):
             (number, page), result = running[job], job.result()
+            results[page] = result
             log(f"[{number}/{len(pages)}] {page} {result.status} in {result.seconds:.1f}s")
-    results = [job.result() for job in running]  # in book order
+    results = [results[page] for _, page in todo]  # in book order
     site = _render(out, project, outline, renderer)
     return BookResult(site, results)
 

@@ -21,7 +21,7 @@ from alignrepro.core import parse_value
 
 
 def _cpu_seconds() -> float:
-    "CPU time of this process and of every process it waited for (the pages, their kernels and workers)."
+    "CPU time of this process and of every process it waited for (the render; chapters are counted by the book)."
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -32,7 +32,8 @@ def timed_build(out: Path, jobs: int | None, chapters: list[str] | None, paramet
     result = build_book(out, chapters=chapters, parameters=parameters, renderer="nbconvert", jobs=jobs,
                         log=lambda line: print(line, flush=True))
     wall = time.perf_counter() - started
-    return result, wall, (_cpu_seconds() - cpu) / wall
+    chapters = sum(page.cpu_seconds for page in result.pages)  # each chapter's process, kernel and workers
+    return result, wall, (_cpu_seconds() - cpu + chapters) / wall
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         if builds[phase][0].failed:
             print(builds[phase][0].summary())
             raise SystemExit(f"the {phase} build failed")
-    (cold, cold_wall, cold_busy), (warm, warm_wall, warm_busy) = builds["cold"], builds["warm"]
+    (cold, cold_wall, cold_busy), (warm, warm_wall, _) = builds["cold"], builds["warm"]
     print(f"\n{os.cpu_count()} cores; chapters {args.jobs or 'the default number'} at a time\n")
     print(f"{'chapter':<24} {'cold s':>8} {'CPU/wall':>9} {'peak MiB':>9} {'warm s':>8} {'warm/cold':>10}")
     for c, w in zip(cold.pages, warm.pages):
