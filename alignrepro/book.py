@@ -262,8 +262,10 @@ class PageResult:
     peak_mib: float = 0.0  # the largest resident set among them (right when the page ran in a fresh process)
 
 
-def _has_parameters(notebook) -> bool:
-    return any("parameters" in c.get("metadata", {}).get("tags", []) for c in notebook.cells)
+def _is_chapter(source: Path) -> bool:
+    "Whether the page is a chapter (a cell tagged `parameters`), read as plain JSON."
+    return source.exists() and any("parameters" in c.get("metadata", {}).get("tags", [])
+                                   for c in json.loads(source.read_text())["cells"])
 
 
 def _failure_text(error: Exception) -> str:
@@ -280,12 +282,11 @@ def run_page(source: Path,  # the page's notebook in nbs/
              cwd: Path,  # the folder chapters run in
             ) -> PageResult:
     "Execute a chapter with papermill into `dest`, or copy a plain page; with what it cost."
-    import nbformat
     import papermill
     start, before = time.time(), [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     if not source.exists():
         return PageResult(source.name, "missing")
-    if not _has_parameters(nbformat.read(source, as_version=4)):
+    if not _is_chapter(source):
         shutil.copyfile(source, dest)
         return PageResult(source.name, "copied", time.time() - start)
     try:
@@ -442,12 +443,6 @@ class BookResult:
         for p in self.failed:
             lines.append(f"--- {p.page} failed:\n{p.error}")
         return "\n".join(lines)
-
-
-def _is_chapter(source: Path) -> bool:
-    "Whether the page is a chapter (a cell tagged `parameters`), read as plain JSON."
-    return source.exists() and any("parameters" in c.get("metadata", {}).get("tags", [])
-                                   for c in json.loads(source.read_text())["cells"])
 
 
 def _page_processes():
