@@ -11,19 +11,20 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import bitsandbytes
 import datasets
 import pandas as pd
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
-from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase, TrainerCallback)
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+if TYPE_CHECKING:  # trl, peft, bitsandbytes and the modelling code load where used: a rebuild from stored runs skips them
+    from peft import LoraConfig
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from .core import ParameterError, one_of, seed_everything
 
@@ -44,6 +45,7 @@ class LoraSpec:
 
     def lora_config(self) -> LoraConfig:
         "peft's `LoraConfig` for a causal language model."
+        from peft import LoraConfig
         return LoraConfig(r=self.rank, lora_alpha=self.rank if self.alpha is None else self.alpha,
                           lora_dropout=self.dropout, target_modules=self.target_modules, bias="none",
                           task_type="CAUSAL_LM")
@@ -59,10 +61,12 @@ def _reproducible_settings() -> dict:
 
 def sft_config(**overrides) -> SFTConfig:
     "trl's `SFTConfig` with reproducible settings; `overrides` are any `SFTConfig` fields."
+    from trl import SFTConfig
     return SFTConfig(**{**_reproducible_settings(), **overrides})
 
 def dpo_config(**overrides) -> DPOConfig:
     "trl's `DPOConfig` with reproducible settings; `overrides` are any `DPOConfig` fields."
+    from trl import DPOConfig
     return DPOConfig(**{**_reproducible_settings(), **overrides})
 
 # %% ../nbs/02a_align.ipynb #6c065bc0
@@ -75,32 +79,49 @@ class Preset:
 
 _ALL_PROJECTIONS = "all-linear"
 
-PRESETS: dict[str, Preset] = {
-    "thakkar_sft": Preset(
+class _Presets(Mapping):
+    "Named recipes, each built on first use: importing this module leaves trl unloaded (a rebuild from stored runs)."
+    def __init__(self, recipes: dict[str, Callable[[], Preset]]):
+        self._recipes, self._built = recipes, {}
+
+    def __getitem__(self, name: str) -> Preset:
+        if name not in self._built:
+            self._built[name] = self._recipes[name]()
+        return self._built[name]
+
+    def __iter__(self):
+        return iter(self._recipes)
+
+    def __len__(self) -> int:
+        return len(self._recipes)
+
+
+PRESETS: Mapping[str, Preset] = _Presets({
+    "thakkar_sft": lambda: Preset(
         sft_config(learning_rate=2e-4, lr_scheduler_type="constant", max_grad_norm=0.3, weight_decay=0.001,
                    per_device_train_batch_size=16, optim="paged_adamw_32bit", max_steps=700),
         LoraSpec(rank=64, alpha=16, dropout=0.1, target_modules=["q_proj", "v_proj"]),
         "Thakkar et al. 2024 (arXiv 2406.04879), SFT"),
-    "thakkar_dpo": Preset(
+    "thakkar_dpo": lambda: Preset(
         dpo_config(learning_rate=5e-5, lr_scheduler_type="cosine", max_grad_norm=1.0, beta=0.1,
                    per_device_train_batch_size=16, optim="paged_adamw_32bit", max_steps=700),
         LoraSpec(rank=16, alpha=32, dropout=0.05, target_modules=_ALL_PROJECTIONS),
         "Thakkar et al. 2024 (arXiv 2406.04879), DPO"),
-    "ji_elasticity": Preset(
+    "ji_elasticity": lambda: Preset(
         sft_config(learning_rate=1e-5, lr_scheduler_type="constant", num_train_epochs=1),
         LoraSpec(),
         "Ji et al. 2025 (arXiv 2406.06144): lr 1e-5, one epoch, loss on responses"),
-    "cpu_sft": Preset(
+    "cpu_sft": lambda: Preset(
         sft_config(learning_rate=5e-3, lr_scheduler_type="constant", per_device_train_batch_size=8,
                    max_steps=20, max_length=128),
         LoraSpec(rank=8, alpha=16, target_modules=_ALL_PROJECTIONS),
         "alignrepro: tiny toy models on a CPU"),
-    "cpu_dpo": Preset(
+    "cpu_dpo": lambda: Preset(
         dpo_config(learning_rate=5e-3, lr_scheduler_type="constant", per_device_train_batch_size=8,
                    max_steps=20, max_length=128, beta=0.1),
         LoraSpec(rank=8, alpha=16, target_modules=_ALL_PROJECTIONS),
         "alignrepro: tiny toy models on a CPU"),
-}
+})
 
 # %% ../nbs/02a_align.ipynb #58face8e
 def _replace_config(config: SFTConfig | DPOConfig, **changes) -> SFTConfig | DPOConfig:
@@ -132,6 +153,7 @@ BITSANDBYTES_TESTED = "0.50"  # the bitsandbytes release whose CPU 4-bit layout 
 
 def _unpack_for_cpu():
     "bitsandbytes' private inverse of its CPU 4-bit packing, with a clear error where another release lacks it."
+    import bitsandbytes
     inverse = getattr(bitsandbytes.functional, "_convert_weight_packed_for_cpu_inverse", None)
     if inverse is None:
         raise ImportError(f"bitsandbytes {bitsandbytes.__version__} packs 4-bit weights for the CPU but has no "
@@ -142,6 +164,7 @@ def _unpack_for_cpu():
 
 def _keep_4bit_trainable(model: PreTrainedModel) -> PreTrainedModel:
     "Stop bitsandbytes repacking 4-bit weights into its CPU inference layout, which breaks backward passes."
+    import bitsandbytes
     for module in model.modules():
         if isinstance(module, bitsandbytes.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
@@ -159,6 +182,7 @@ def quantize_4bit(model_or_path: PreTrainedModel | str | Path,  # a model in mem
                   device_map: str | None = None,  # where to load; None: "cuda" if available, else "cpu"
                  ) -> PreTrainedModel:
     "The model with its linear layers in 4-bit nf4 (bitsandbytes), ready for QLoRA."
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                       bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=double_quant)
     device_map = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,6 +272,7 @@ def strip_fused_forward(model: torch.nn.Module  # a model trl trained (or is tra
 def _prepare_model(model: PreTrainedModel, peft: str, config: SFTConfig | DPOConfig,
                    inplace: bool) -> PreTrainedModel:
     "The model to train: a copy unless `inplace`, quantised to 4-bit for QLoRA."
+    from peft import PeftModel, prepare_model_for_kbit_training
     if peft not in ("none", "lora", "qlora"):
         raise ParameterError(f"peft: got {peft!r}; allowed: 'none', 'lora', 'qlora'")
     if isinstance(model, PeftModel) and peft != "none":
@@ -311,6 +336,7 @@ def sft_trainer(model: PreTrainedModel,  # a causal language model (left unchang
                 report_to: str | None = None,  # trl logging: "none", "trackio" or "wandb"; None: the config's
                ) -> SFTTrainer:
     "trl's `SFTTrainer` for one reproducible SFT run, not yet trained."
+    from trl import SFTTrainer
     run_config, train_model, adapter = _start(config, "cpu_sft", model, peft, inplace, report_to)
     if "prompt" in dataset.column_names and "completion" in dataset.column_names:
         dataset = _space_completions(dataset, tokenizer, ("completion",))
@@ -377,6 +403,8 @@ def dpo_trainer(model: PreTrainedModel,  # a causal language model (left unchang
                 report_to: str | None = None,  # trl logging: "none", "trackio" or "wandb"; None: the config's
                ) -> DPOTrainer:
     "trl's `DPOTrainer` for one reproducible DPO run, not yet trained."
+    from peft import PeftModel
+    from trl import DPOTrainer
     run_config, train_model, adapter = _start(config, "cpu_dpo", model, peft, inplace, report_to)
     if ref_model is None and peft == "none" and not isinstance(model, PeftModel):
         ref_model = strip_fused_forward(copy.deepcopy(model)).eval()

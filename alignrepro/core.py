@@ -433,12 +433,24 @@ def _plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 # %% ../nbs/00_core.ipynb #af9f483d
+def _inline_backend() -> bool:
+    "Whether figures are drawn by a notebook's inline backend (a kernel; not a script or a test)."
+    import matplotlib
+    return "inline" in matplotlib.get_backend()
+
+
 def save_figure(figure,  # a matplotlib figure
                 out_dir: str | Path,  # the chapter's output folder (created if missing)
                 name: str,  # file name, e.g. "rebound.png"
                ) -> Path:
-    "Save `figure` as `out_dir/name` (tight bounding box) and return the path."
+    """Save `figure` as `out_dir/name` (tight bounding box) and return the path. In a notebook the saved image is
+    shown and the figure closed, so it is drawn once, not again by the inline backend."""
     path = Path(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
+    if _inline_backend():
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
+        display(Image(filename=path))
+        plt.close(figure)
     return path

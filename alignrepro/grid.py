@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib
 import itertools
 import multiprocessing
 import os
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from .core import RunStore
 
 # %% auto #0
-__all__ = ['grid_cells', 'run_grid', 'collect']
+__all__ = ['grid_cells', 'code_fingerprint', 'run_grid', 'collect']
 
 # %% ../nbs/02d_grid.ipynb #645b5d75
 def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among them
@@ -37,7 +38,7 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
 _KEY_ONLY = ("torch_threads", "code")  # what the grid adds to a cell's key; the cell's function never sees them
 
 
-def _code(fn: Callable) -> str:
+def code_fingerprint(fn: Callable) -> str:
     "A fingerprint of the code a cell runs: the hash of the source file of `fn`'s module ('' where it has none)."
     path = getattr(sys.modules.get(fn.__module__), "__file__", None)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
@@ -61,9 +62,15 @@ def _cell_threads(executor: str, slurm: dict | None) -> int:
     return 1 if executor == "pool" else int((slurm or {}).get("cpus_per_task", 1))
 
 
+_FORK_PRELOAD = ("peft", "trl")  # the training libraries (alignrepro imports them lazily): loaded once before forking
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     "Worker processes, forked where the platform can (cells defined in a notebook then run as they are)."
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork":  # each worker would otherwise import them again (about 6 s of CPU)
+        for name in _FORK_PRELOAD:
+            importlib.import_module(name)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=gc.freeze)
 
 
@@ -104,7 +111,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         raise ValueError(f"executor: got {executor!r}; allowed: 'local', 'pool', 'submitit', 'submitit-local'")
     max_parallel = max_parallel or (os.cpu_count() or 1 if executor == "pool" else 1)
     store = store or RunStore()
-    key = dict(torch_threads=_cell_threads(executor, slurm), code=_code(fn))  # results depend on both
+    key = dict(torch_threads=_cell_threads(executor, slurm), code=code_fingerprint(fn))  # results depend on both
     cells = [dict(cell, **key) for cell in cells]
     pending = [cell for cell in cells if not store.has(cell)]
     log(f"grid: {len(cells) - len(pending)} of {len(cells)} cells already done, {len(pending)} to run")

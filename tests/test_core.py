@@ -166,3 +166,20 @@ def test_write_claims_checks_columns_and_verdicts(tmp_path):
         write_claims([dict(row, verdict="maybe")], tmp_path)
     with pytest.raises(ValueError, match="lacks columns"):
         write_claims([{"study": "s"}], tmp_path)
+
+
+def test_a_notebook_shows_the_saved_figure_and_draws_it_once(tmp_path, monkeypatch):
+    "Under the inline backend the saved PNG is displayed and the figure closed (the backend would draw it again)."
+    import IPython.display
+    import matplotlib.pyplot as plt
+    from alignrepro import core
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    figure = plt.figure()
+    plt.plot([0, 1], [1, 0])
+    monkeypatch.setattr(core, "_inline_backend", lambda: False)
+    core.save_figure(figure, tmp_path, "script.png")
+    assert shown == [] and plt.fignum_exists(figure.number)
+    monkeypatch.setattr(core, "_inline_backend", lambda: True)
+    path = core.save_figure(figure, tmp_path, "notebook.png")
+    assert [image.data for image in shown] == [path.read_bytes()] and not plt.fignum_exists(figure.number)
