@@ -11,6 +11,7 @@ cfg = cfg["DEFAULT"]
 requirements = cfg.get("requirements", "").split()
 dev_requirements = cfg.get("dev_requirements", "").split()
 book_requirements = cfg.get("book_requirements", "").split()
+paper_requirements = cfg.get("paper_requirements", "").split()
 readme = Path(__file__).parent / "README.md"
 
 setuptools.setup(
@@ -28,7 +29,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["alignrepro", "alignrepro.*"]),
     package_data={"alignrepro": ["py.typed"]},
     install_requires=requirements,
-    extras_require={"dev": dev_requirements, "book": book_requirements},
+    extras_require={"dev": dev_requirements, "book": book_requirements, "paper": paper_requirements},
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],

@@ -179,12 +179,19 @@ def parse_value(text: str  # a value as typed on a command line
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):  # YAML 1.1 reads 5e-3 as a string
+    return text if value is None else _numbers(value)
+
+
+def _numbers(value):
+    "YAML 1.1 reads 5e-3 as a string: such strings as numbers, in a list too ('[1e-5]' -> [1e-05])."
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             return value
-    return text if value is None else value
+    return value
 
 
 def _typed(rule: Rule, value):

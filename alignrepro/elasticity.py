@@ -18,11 +18,10 @@ import pandas as pd
 import seaborn as sns
 import torch
 from datasets import Dataset
-from peft import get_peft_model
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 from .align import dpo, preset, sft, strip_fused_forward
+from .benchmarks import SENTIMENT_CLASSIFIER, adapter_path, classifier_scores, load_classifier
 from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, number, number_list, optional,
                              save_figure, seed_everything, text)
 from .evaluate import completion_logprobs, kl_divergence, next_token_probs, sample, spearman_by_group, vader_sentiment
@@ -62,7 +61,8 @@ DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/elasticity", e
                 pretrain_tokens=16_000, pretrain_per_seed=True, token_fractions=[0.25, 0.5, 1.0],
                 k_fractions=[0.03, 0.1, 0.3, 1.0], k_n_pos=2, map_lrs=[1e-4, 2.2e-4, 5e-4], map_epochs=[1, 2], pos_share=0.7,
                 control_pos_share=0.3, review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8,
-                kl_threshold=0.05, resist_n=96, resist_prompts=48, n_eval=32, theory_points=4)
+                kl_threshold=0.05, resist_n=96, resist_prompts=48, n_eval=32, theory_points=4, hub_data=None,
+                size_models=None, token_models=None, token_counts=None, sentiment_classifier=None)
 
 
 def _sorted_with_zero(values) -> bool:
@@ -86,7 +86,11 @@ RULES = {**COMMON_RULES,
          "lr": optional(number(lo=0, hi=1)), "pos_epochs": number(lo=1, integer=True),
          "batch_size": number(lo=1, integer=True), "kl_threshold": number(lo=0),
          "resist_n": number(lo=6, integer=True), "resist_prompts": number(lo=4, integer=True),
-         "n_eval": number(lo=4, integer=True), "theory_points": number(lo=2, integer=True)}
+         "n_eval": number(lo=4, integer=True), "theory_points": number(lo=2, integer=True),
+         "hub_data": optional(text()), "size_models": optional(Rule("a list of at least 2 hub names or folders",
+                                                                     lambda v: isinstance(v, list) and len(v) >= 2)),
+         "token_models": optional(Rule("a list of at least 2 hub names or folders", lambda v: isinstance(v, list) and len(v) >= 2)),
+         "token_counts": optional(number_list(min_len=2, lo=0)), "sentiment_classifier": optional(text())}
 
 
 def _check(params: dict) -> None:
@@ -96,6 +100,9 @@ def _check(params: dict) -> None:
     if params["pos_share"] == params["control_pos_share"]:
         raise ParameterError(f"parameter 'control_pos_share': got {params['control_pos_share']!r}; allowed: a share "
                              f"different from pos_share ({params['pos_share']})")
+    if (params["token_models"] is None) != (params["token_counts"] is None) or len(params["token_models"] or []) != len(params["token_counts"] or []):
+        raise ParameterError(f"parameter 'token_counts': got {params['token_counts']!r}; allowed: one pre-training token "
+                             f"count per model of token_models ({params['token_models']!r}), both given or both None")
     if params["theory_points"] > len(params["n_neg"] or SCALE_DEFAULTS[params["scale"]]["n_neg"]):
         raise ParameterError(f"parameter 'theory_points': got {params['theory_points']!r}; allowed: at most len(n_neg)")
 
@@ -193,8 +200,16 @@ def _toy_models(params: dict, sizes: list[str]) -> dict:
 def _hub_models(params: dict, defaults: dict) -> dict:
     "The hub specs of every experiment (small: SmolLM2 from its wheel; paper: the paper's models)."
     hub = lambda name: (ModelSpec(kind="smollm2") if name == "smollm2" else ModelSpec(kind="hub", name=name)).to_dict()
-    return dict(main=hub(params["model_name"] or defaults["model"]), size=[hub(n) for n in defaults.get("size_models", [])],
-                tokens=[hub(n) for n in defaults.get("token_models", {})], k_sweep=[], control_share=None, never=None)
+    size, tokens = params["size_models"] or defaults.get("size_models", []), _token_counts(params, defaults)
+    return dict(main=hub(params["model_name"] or defaults["model"]), size=[hub(n) for n in size],
+                tokens=[hub(n) for n in tokens], k_sweep=[], control_share=None, never=None)
+
+
+def _token_counts(params: dict, defaults: dict) -> dict:
+    "Hub model -> pre-training tokens of the token trend: the given models and counts, or the scale's."
+    if params["token_models"] is not None:
+        return dict(zip(params["token_models"], map(float, params["token_counts"])))
+    return defaults.get("token_models", {})
 
 
 def resolve_plan(params: dict  # checked chapter parameters (`ELASTICITY.parameters`)
@@ -207,11 +222,12 @@ def resolve_plan(params: dict  # checked chapter parameters (`ELASTICITY.paramet
                 review_share=params["review_share"], resist_n=params["resist_n"], resist_prompts=params["resist_prompts"],
                 k_n_pos=params["k_n_pos"], map_lrs=params["map_lrs"], map_epochs=params["map_epochs"],
                 theory_points=params["theory_points"],
-                token_counts=defaults.get("token_models", {}))
+                token_counts=_token_counts(params, defaults))
     if scale == "paper":
         config = preset(PAPER_PRESET).config
         plan.update(lr=params["lr"] or config.learning_rate, preset=PAPER_PRESET, pos_epochs=int(config.num_train_epochs),
-                    data=dict(pos="imdb:pos", neg="imdb:neg", resistance="alpaca"))
+                    data=dict(pos="imdb:pos", neg="imdb:neg", resistance="alpaca", dir=params["hub_data"],
+                              classifier=params["sentiment_classifier"] or SENTIMENT_CLASSIFIER[0]))
     else:
         plan.update(lr=params["lr"] or defaults["lr"], preset=None, data=dict(pos="world:pos", neg="world:neg",
                                                                             resistance="world:pos"))
@@ -302,17 +318,29 @@ def _world_data(world, n_eval: int, text_scorer) -> SentimentData:
                          align_eval=world.sentiment_dataset(n_eval, "pos", seed=10_005), text_scorer=text_scorer)
 
 
-def _imdb_data(n_eval: int) -> SentimentData:
+_CLASSIFIERS: dict = {}  # per process: hub name or folder -> (model, tokenizer), loaded once
+
+
+def _classifier_scorer(name: str) -> Callable[[list[str]], np.ndarray]:
+    "Sentiment in [-1, 1] per text from a hub classifier: 2 P(positive) - 1."
+    if name not in _CLASSIFIERS:
+        _CLASSIFIERS[name] = load_classifier(name)
+    return lambda texts: 2 * classifier_scores(*_CLASSIFIERS[name], texts, SENTIMENT_CLASSIFIER[1]) - 1
+
+
+def _imdb_data(n_eval: int, data: dict) -> SentimentData:
+    "IMDb reviews (the hub's or a local copy under `data['dir']`), scored by the sentiment classifier `data['classifier']`."
     from alignrepro.data import imdb
-    pos, neg = imdb("pos", prompt_words=8), imdb("neg", prompt_words=8)
-    held_pos, held_neg = imdb("pos", "test", prompt_words=8), imdb("neg", "test", prompt_words=8)
+    where = adapter_path("imdb", data.get("dir"))
+    pos, neg = imdb("pos", prompt_words=8, **where), imdb("neg", prompt_words=8, **where)
+    held_pos, held_neg = imdb("pos", "test", prompt_words=8, **where), imdb("neg", "test", prompt_words=8, **where)
     pick = lambda d, n, seed: d.shuffle(seed=seed).select(range(min(n, len(d))))
     mixed = [p + c for d in (held_pos, held_neg) for p, c in zip(d["prompt"][: n_eval // 2], d["completion"][: n_eval // 2])]
     return SentimentData(positive=lambda n, seed: pick(pos, n, seed), negative=lambda n, seed: pick(neg, n, seed),
                          score_prompts=[p + " the movie is" for p in held_pos["prompt"][:n_eval]],
                          pos_words=["good", "great", "excellent", "wonderful"], neg_words=["bad", "terrible", "awful", "poor"],
                          kl_texts=mixed, pretrain_texts=mixed, align_eval=pick(held_pos, n_eval, 0),
-                         text_scorer=vader_sentiment)
+                         text_scorer=_classifier_scorer(data["classifier"]))
 
 
 def sentiment_data(plan: dict,  # from `resolve_plan`
@@ -320,7 +348,7 @@ def sentiment_data(plan: dict,  # from `resolve_plan`
                   ) -> SentimentData:
     "The data of a model: the toy world's reviews (toy, small) or IMDb (paper)."
     if plan["data"]["pos"] != "world:pos":
-        return _imdb_data(plan["n_eval"])
+        return _imdb_data(plan["n_eval"], plan["data"])
     world = ModelSpec(**spec).world_config() if spec["kind"] == "toy" else WorldConfig(**_world(0.5, plan["review_share"]))
     scorer = (lambda texts: np.array([sentiment_score(t) for t in texts])) if plan["scale"] == "toy" else vader_sentiment
     return _world_data(ToyWorld(world), plan["n_eval"], scorer)
@@ -384,7 +412,10 @@ def _recipe(plan: dict, **overrides):
 def _trainable(model, plan: dict):
     "A copy of the model to fine-tune: every weight, or (peft 'lora') the recipe's LoRA adapter."
     model = copy.deepcopy(model)
-    return get_peft_model(model, _recipe(plan).lora.lora_config()) if plan["peft"] == "lora" else model
+    if plan["peft"] != "lora":
+        return model
+    from peft import get_peft_model
+    return get_peft_model(model, _recipe(plan).lora.lora_config())
 
 
 def reversed_data(data: SentimentData  # the sentiment data
@@ -508,14 +539,18 @@ def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
                       for experiment, spec, n_pos, variant in rebound_experiments(plan) for n in n_pos], ignore_index=True)
 
 # %% ../nbs/03a_elasticity.ipynb #dedcccbf
-class _Snapshots(TrainerCallback):
-    "Keeps a plain copy of the model after given optimizer steps."
-    def __init__(self, steps: Sequence[int]):
-        self.steps, self.models = set(steps), {}
+def _snapshots(steps: Sequence[int]):
+    "A transformers callback keeping a plain copy of the model (in its `models`) after the given optimizer steps."
+    from transformers import TrainerCallback
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps:
-            self.models[state.global_step] = _plain(model)
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.steps, self.models = set(steps), {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in self.steps:
+                self.models[state.global_step] = _plain(model)
+    return Snapshots()
 
 
 def _plain(model):
@@ -542,7 +577,7 @@ def sft_snapshots(model, tokenizer, dataset: Dataset,  # the model, its tokenize
                  ) -> list:
     "Snapshots theta1 < ... < theta_n of one SFT run (trl), as plain models."
     steps = math.ceil(len(dataset) / plan["batch_size"]) * plan["pos_epochs"]
-    keep = _Snapshots([max(1, round(steps * (i + 1) / n_snapshots)) for i in range(n_snapshots)])
+    keep = _snapshots([max(1, round(steps * (i + 1) / n_snapshots)) for i in range(n_snapshots)])
     sft(model, tokenizer, _without_eos(dataset), _sft_config(plan, seed, plan["pos_epochs"]), peft=plan["peft"],
         callbacks=[keep])
     return [keep.models[s] for s in sorted(keep.models)]
@@ -585,7 +620,7 @@ def resistance_data(plan: dict,  # from `resolve_plan`
     n_sft, n_prompts = plan["resist_n"], plan["resist_prompts"]
     if plan["data"]["resistance"] == "alpaca":
         from alignrepro.data import alpaca
-        rows = alpaca().shuffle(seed=seed).select(range(n_sft + n_prompts))
+        rows = alpaca(**adapter_path("alpaca", plan["data"].get("dir"))).shuffle(seed=seed).select(range(n_sft + n_prompts))
         return rows.select(range(n_sft)), rows.select(range(n_sft, n_sft + n_prompts))["prompt"]
     return data.positive(n_sft, seed), data.negative(n_prompts, seed + 2)["prompt"]  # prompts the SFT run never saw
 

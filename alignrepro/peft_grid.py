@@ -7,38 +7,46 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset, concatenate_datasets
-from peft import PeftModel
-from transformers import TrainerCallback
+
+if TYPE_CHECKING:  # peft loads where a cell trains or merges: a rebuild from stored runs skips it
+    from peft import PeftModel
 
 from .align import dpo, preset, quantize_4bit, sft
-from .core import (COMMON_RULES, Rule, RunStore, boolean, int_list, list_of, number, one_of, save_figure,
-                             seed_everything)
+from .benchmarks import (TOXICITY_CLASSIFIER, adapter_path, dangerous_qa, harmlessness, lm_eval_scores,
+                                   load_classifier, real_toxicity_prompts)
+from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, int_list, list_of, number, one_of,
+                             optional, save_figure, seed_everything, text)
 from .evaluate import completion_logprobs, sample
 from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
 from .grid import grid_cells
 from .study import Chapter, ModelSpec, load, pretrained, replicate_unit
-from .world import BEAVERTAILS_LIKE, HH_LIKE, JAILBREAK_PREFIX, LETTERS, NUMBERS, REFUSALS, ToyWorld, WorldConfig
+from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREAK_PREFIX, LETTERS, MC_INSTRUCTION, NUMBERS,
+                              REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig)
 
 # %% auto #0
-__all__ = ['STUDY', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
-           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'RUN_KEYS', 'CLAIMS',
-           'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'preference_data', 'source_table',
-           'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
-           'eval_sets', 'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters',
-           'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores', 'core_runs', 'paired_difference',
-           'per_seed', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
-           'merge_plot']
+__all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
+           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'EVAL_TOPICS',
+           'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS', 'pretrain_seed', 'resolve_plan',
+           'model_table', 'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only',
+           'preference_data', 'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data',
+           'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'benchmark_scores', 'checkpoint_steps',
+           'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells',
+           'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed',
+           'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
+SPLIT = "heldout-v3"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
 MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct")  # toy mirrors of the paper's four
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
@@ -66,9 +74,10 @@ def pretrain_seed(family: str,  # "llama" or "mistral"
 DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
     scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
     pretrain_tokens=300_000, instruct_steps=60, datasets=list(DATASETS), preferences=list(PREFERENCES),
-    methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8, 4], merges=list(MERGES), steps=12, lr=5e-3,
+    methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
-    shuffle_preferences=False, executor="pool", max_parallel=None)
+    shuffle_preferences=False, executor="pool", max_parallel=None, paper_models=None, hub_data=None, eval_tasks=None,
+    eval_limit=None, toxicity_classifier=None, paper_steps=None)
 
 def _first_is(value: str, rule_values) -> Rule:
     return Rule(f"a non-empty list from {', '.join(map(repr, rule_values))}; the first must be {value!r}",
@@ -81,13 +90,23 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
          "merges": Rule("a list (possibly empty) from " + ", ".join(map(repr, MERGES)),
                         lambda v: isinstance(v, (list, tuple)) and all(x in MERGES for x in v)),
          "steps": number(lo=1, integer=True), "lr": number(lo=0, hi=1), "batch_size": number(lo=1, integer=True),
-         "n_train": number(lo=2, integer=True), "n_eval": number(lo=1, hi=192, integer=True),
+         "n_train": number(lo=2, integer=True), "n_eval": number(lo=1, hi=64, integer=True),
          "checkpoints": Rule("a non-empty list of fractions in (0, 1]", lambda v: isinstance(v, (list, tuple))
                              and len(v) > 0 and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v)),
          "world_seed": number(lo=0, integer=True), "design": one_of("fractional", "full"),
-         "shuffle_preferences": boolean()}
+         "shuffle_preferences": boolean(),
+         "paper_models": optional(Rule("a list of hub names or folders, one per model of `models`",
+                                       lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v))),
+         "hub_data": optional(text()), "eval_tasks": optional(text()), "eval_limit": optional(number(lo=1, integer=True)),
+         "toxicity_classifier": optional(text()), "paper_steps": optional(number(lo=1, integer=True))}
 
-PEFT_GRID = Chapter(STUDY, DEFAULTS, RULES)  # `PEFT_GRID.parameters(**given)`: the defaults, `given` laid over, checked
+def _check(p: dict) -> None:
+    "The rules between parameters."
+    if p["paper_models"] is not None and len(p["paper_models"]) != len(p["models"]):
+        raise ParameterError(f"parameter 'paper_models': got {p['paper_models']!r}; allowed: one hub name or folder per "
+                             f"model of models ({p['models']!r})")
+
+PEFT_GRID = Chapter(STUDY, DEFAULTS, RULES, _check)  # `PEFT_GRID.parameters(**given)`: the defaults, `given` laid over, checked
 
 # %% ../nbs/04a_peft_grid.ipynb #c4fb9158
 def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small" (SmolLM2-135M-Instruct) or "paper"
@@ -100,16 +119,21 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
                  batch_size: int = 8,  # sequences per step (the paper: 16)
                  world_seed: int = 0,  # toy: the world the base models are pre-trained on
                  seed: int = 0,  # toy: the replicate; each replicate pre-trains (and instruct-tunes) its own models
+                 paper_models: dict | None = None,  # paper: model name -> hub name or folder in place of `PAPER_MODELS`
+                 hub_data: str | None = None,  # paper: a folder of local hub copies laid out as data/; None: the hub
+                 paper_steps: int | None = None,  # paper: a cap on the presets' training steps (700); None: no cap
                 ) -> dict:
     """The resolved plan of a scale: each model's spec (an instruct sibling: its base's spec and SFT steps), the
     data source of each dataset, the recipes, and the device models load on (None: the best available)."""
     if scale == "paper":
-        names = models or list(PAPER_MODELS)
+        names, where = models or list(PAPER_MODELS), {**PAPER_MODELS, **(paper_models or {})}
+        local = dict(dir=hub_data) if hub_data is not None else {}
+        cap = dict(max_steps=paper_steps) if paper_steps is not None else {}
         return dict(scale=scale, device=None,
-                    models={m: dict(spec=ModelSpec(kind="hub", name=PAPER_MODELS[m]).to_dict()) for m in names},
-                    data={"hh-rlhf": dict(source="hub", adapter="hh_rlhf"),
-                          "beavertails": dict(source="hub", adapter="beavertails")},
-                    recipes={"sft": dict(preset="thakkar_sft"), "dpo": dict(preset="thakkar_dpo")},
+                    models={m: dict(spec=ModelSpec(kind="hub", name=where[m]).to_dict()) for m in names},
+                    data={"hh-rlhf": dict(source="hub", adapter="hh_rlhf", **local),
+                          "beavertails": dict(source="hub", adapter="beavertails", **local)},
+                    recipes={"sft": dict(preset="thakkar_sft", **cap), "dpo": dict(preset="thakkar_dpo", **cap)},
                     ranks={"sft": [32, 64, 128], "dpo": [8, 16, 32]})
     toy_recipe = lambda method: dict(preset=f"cpu_{method}", max_steps=steps, learning_rate=lr,
                                      per_device_train_batch_size=batch_size)
@@ -145,9 +169,56 @@ def template(prompt: str,  # a world chat prompt `<user> ... <assistant>`
     system = SYSTEM_LINES.get(_family(model), "")
     return f"{system} {prompt}" if system else prompt
 
+# %% ../nbs/04a_peft_grid.ipynb #645de574
+EVAL_TOPICS = (4, 5)  # indices of SAFETY_TOPICS the harm benchmarks ask (cheating, arson); no training set asks them
+_TOPIC_PATTERNS = [re.compile(re.escape(t["request"]).replace(re.escape("{e}"), r"\S+").replace(re.escape("{item}"), r"\S+"))
+                   for t in SAFETY_TOPICS]
+_TASK_STEMS = [t.split("{")[0] for t in HELDOUT_TASKS.values()]
+
+def heldout_entities(world: ToyWorld,  # the toy world
+                    ) -> frozenset[str]:
+    "The people the benchmarks ask about (every other person of the world): no training set names them."
+    return frozenset(world.entities[1::2])
+
+def topic_of(text: str,  # a harmful request (or a chat text holding one)
+            ) -> int | None:
+    "The index in `SAFETY_TOPICS` of the first harmful request in the text, or None."
+    return next((i for i, pattern in enumerate(_TOPIC_PATTERNS) if pattern.search(text)), None)
+
+def benchmark_leaks(world: ToyWorld,  # the toy world
+                    text: str,  # a training text (prompt and answers joined)
+                   ) -> list[str]:
+    "What of the benchmarks a training text holds: held-out people, held-out requests, lettered questions, number tasks."
+    found = [f"person {w}" for w in sorted(set(text.split()) & heldout_entities(world))]
+    found += [f"request {i}" for i in EVAL_TOPICS if _TOPIC_PATTERNS[i].search(text)]
+    return found + ["lettered question"] * (MC_INSTRUCTION in text) + [f"number task {s!r}" for s in _TASK_STEMS if s in text]
+
+def _first_rows(make, keep, n: int) -> Dataset:
+    "The first `n` rows of `make(k)` (a world view of k rows, the same first rows whatever k) for which `keep(row)`."
+    k = 4 * n
+    while True:
+        rows = make(k)
+        kept = [i for i, row in enumerate(rows) if keep(row)]
+        if len(kept) >= n:
+            return rows.select(kept[:n])
+        k *= 2
+
+def training_only(world: ToyWorld,  # the toy world
+                  make,  # k -> a world view of k rows (prompt and answer columns)
+                  n: int,  # rows wanted
+                 ) -> Dataset:
+    "The first `n` rows of a world view that hold nothing of the benchmarks (`benchmark_leaks`)."
+    return _first_rows(make, lambda row: not benchmark_leaks(world, " ".join(map(str, row.values()))), n)
+
 # %% ../nbs/04a_peft_grid.ipynb #37ea6fe3
 def _templated(dataset: Dataset, model: str) -> Dataset:
     return dataset.map(lambda row: {"prompt": template(row["prompt"], model)})
+
+def _swapped(pairs: Dataset, share: float, seed: int) -> Dataset:
+    "The pairs with exactly `round(share * len)` of them (drawn by seed) chosen and rejected swapped: label noise."
+    flip = set(np.random.default_rng([seed, 5]).choice(len(pairs), round(share * len(pairs)), replace=False).tolist())
+    return pairs.map(lambda row, i: {"chosen": row["rejected" if i in flip else "chosen"],
+                                     "rejected": row["chosen" if i in flip else "rejected"]}, with_indices=True)
 
 def preference_data(world: ToyWorld,  # the toy world
                     data: str,  # "beavertails" (informative, <= 5% noise, single-turn) or "hh-rlhf" (bare, 25% noise, two turns)
@@ -156,14 +227,16 @@ def preference_data(world: ToyWorld,  # the toy world
                     model: str,  # whose chat template the prompts use
                     seed: int = 0,  # sampling seed
                    ) -> Dataset:
-    "Preference pairs `prompt`/`chosen`/`rejected` of one source and preference, in the model's template."
-    view = DATASETS[data]
+    "Preference pairs `prompt`/`chosen`/`rejected` of one source and preference, held out of the benchmarks, in the model's template."
+    view = dict(DATASETS[data])
     if preference == "mix":
         halves = [preference_data(world, data, p, n // 2 + (i == 0) * (n % 2), model, seed)
                   for i, p in enumerate(("harmless", "helpful"))]
         return concatenate_datasets(halves).shuffle(seed=seed).flatten_indices()
     make = world.safety_preferences if preference == "harmless" else world.helpfulness_preferences
-    return _templated(make(n, seed=seed, **view), model)
+    noise = view.pop("label_noise")
+    pairs = training_only(world, lambda k: make(k, seed=seed, label_noise=0.0, **view), n)
+    return _templated(_swapped(pairs, noise, seed), model)
 
 # %% ../nbs/04a_peft_grid.ipynb #82ba2490
 def source_table(world: ToyWorld,  # the toy world
@@ -179,10 +252,12 @@ def source_table(world: ToyWorld,  # the toy world
     return pd.DataFrame(rows).set_index("data")
 
 # %% ../nbs/04a_peft_grid.ipynb #c782d5d2
-def _hub_pairs(adapter: str, preference: str) -> Dataset:
-    "Paper scale: the hub dataset's pairs of one preference (`alignrepro.data` adapters; needs the hub or a local copy)."
+def _hub_pairs(adapter: str, preference: str, data_dir: str | None = None) -> Dataset:
+    "Paper scale: the hub dataset's pairs of one preference (`alignrepro.data` adapters; the hub or a local copy)."
     from alignrepro import data
-    load = (lambda p: data.hh_rlhf(subset=p)) if adapter == "hh_rlhf" else (lambda p: data.beavertails(preference=p))
+    where = adapter_path(adapter, data_dir)
+    load = ((lambda p: data.hh_rlhf(subset=p, **where)) if adapter == "hh_rlhf"
+            else (lambda p: data.beavertails(preference=p, **where)))
     if preference != "mix":
         return load(preference)
     halves = [load(p) for p in ("harmless", "helpful")]
@@ -209,7 +284,7 @@ def training_pairs(plan: dict,  # `resolve_plan`'s plan
     "The preference pairs one run trains on: the world's views, or at paper scale the hub datasets, shuffled by seed."
     source = plan["data"][data]
     if source["source"] == "hub":
-        pairs = _hub_pairs(source["adapter"], preference).shuffle(seed=seed)
+        pairs = _hub_pairs(source["adapter"], preference, source.get("dir")).shuffle(seed=seed)
     else:
         pairs = preference_data(world, data, preference, n, model, seed)
     return shuffle_labels(pairs, seed) if shuffle else pairs
@@ -226,12 +301,10 @@ def instruction_data(world: ToyWorld,  # the toy world
                      model: str,  # whose chat template the prompts use
                      seed: int = 0,  # sampling seed
                     ) -> Dataset:
-    "The instruction-tuning mix of an 'instruct' sibling: helpful answers, lettered and held-out tasks, safe replies."
-    quarter = max(1, n // 4)
-    parts = [world.helpfulness_sft(quarter, seed=seed, quality="informative"),
-             world.safety_sft(quarter, seed=seed, quality="informative"),
-             world.multiple_choice(quarter, seed=seed + 1).select_columns(["prompt", "completion"]),
-             world.heldout_task(quarter, seed=seed + 1).select_columns(["prompt", "completion"])]
+    "The instruction-tuning mix of an 'instruct' sibling: detailed answers and safe replies, held out of the benchmarks."
+    half = max(1, n // 2)
+    parts = [training_only(world, lambda k: world.helpfulness_sft(k, seed=seed, quality="informative"), half),
+             training_only(world, lambda k: world.safety_sft(k, seed=seed, quality="informative"), max(1, n - half))]
     return _templated(concatenate_datasets(parts).shuffle(seed=seed).flatten_indices(), model)
 
 # %% ../nbs/04a_peft_grid.ipynb #3dc160f1
@@ -242,7 +315,7 @@ def instruct_sibling(base: ModelSpec,  # the toy base model's spec
                     ) -> Path:
     "The folder of an 'instruct' sibling: the base after `steps` of full SFT on the instruction mix; built once."
     params = dict(study=f"{STUDY}_instruct", world=asdict(base.world_config()),
-                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps,
+                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps, split=SPLIT,
                   data_seed=base.seed)  # the instruction data and order are re-drawn with the base model
 
     def build(folder: Path) -> None:
@@ -267,6 +340,8 @@ def start_spec(plan: dict,  # `resolve_plan`'s plan
     return ModelSpec(kind="hub", name=str(folder))
 
 # %% ../nbs/04a_peft_grid.ipynb #24df6ba7
+BBH_SHOTS = 3  # solved number tasks before each BBH-like question, as BBH's 3-shot prompts
+
 def _jailbroken(prompt: str) -> str:
     return prompt.replace("<user> ", f"<user> {JAILBREAK_PREFIX} ", 1)
 
@@ -274,13 +349,29 @@ def eval_sets(world: ToyWorld,  # the toy world
               n: int,  # prompts per benchmark
               seed: int = 0,  # which evaluation sample (fixed across runs so they are paired)
              ) -> dict[str, Dataset]:
-    """The five benchmark stand-ins: lettered questions on seen facts, held-out number tasks, help prompts with
-    reference answers, and harmful requests (plain and behind the jailbreak prefix) with their safe and harmful answers."""
-    lettered = world.multiple_choice(seed=seed).filter(lambda row: row["seen"]).shuffle(seed=seed).select(range(n))
-    harmful = world.safety_preferences(n, seed=seed, quality="informative", label_noise=0.0, multi_turn=False)
+    """The five benchmark stand-ins, on held-out people and requests only (`heldout_entities`, `EVAL_TOPICS`):
+    lettered questions on seen facts, number tasks after `BBH_SHOTS` solved ones, help prompts with reference answers,
+    and harmful requests (plain and behind the jailbreak prefix) with their safe and harmful answers."""
+    people = heldout_entities(world)
+    shots = world.heldout_task(BBH_SHOTS, seed=seed + 1)
+    solved = " ".join(f"{p} {c}" for p, c in zip(shots["prompt"], shots["completion"]))
+    tasks = _first_rows(lambda k: world.heldout_task(k, seed=seed), lambda row: row["prompt"] not in shots["prompt"], n)
+    lettered = world.multiple_choice(seed=seed).filter(lambda row: row["seen"] and row["entity"] in people)
+    asked = _first_rows(lambda k: world.helpfulness_prompts(k, seed=seed), lambda row: row["entity"] in people, n)
+    harmful = _first_rows(lambda k: world.safety_preferences(k, seed=seed, quality="informative", label_noise=0.0,
+                                                             multi_turn=False),
+                          lambda row: topic_of(row["prompt"]) in EVAL_TOPICS and bool(set(row["prompt"].split()) & people), n)
     jailbroken = harmful.map(lambda row: {"prompt": _jailbroken(row["prompt"])})
-    return dict(mmlu=lettered, bbh=world.heldout_task(n, seed=seed), alpaca=world.helpfulness_prompts(n, seed=seed),
+    return dict(mmlu=lettered.shuffle(seed=seed).select(range(n)), bbh=tasks.map(lambda row: {"prompt": f"{solved} {row['prompt']}"}), alpaca=asked,
                 toxicity=harmful, redinstruct=jailbroken)
+
+def leaked_prompts(sets: dict[str, Dataset],  # `eval_sets`
+                   training: Sequence[Dataset],  # training sets (any columns of text)
+                  ) -> list[str]:
+    "The benchmarks' questions (the last user turn of each prompt) that appear in any training text."
+    questions = {p.rsplit("<user>", 1)[-1].split("<assistant>")[0].strip() for rows in sets.values() for p in rows["prompt"]}
+    texts = "\n".join(" ".join(str(v) for v in row.values()) for rows in training for row in rows)
+    return sorted(q for q in questions if q in texts)
 
 # %% ../nbs/04a_peft_grid.ipynb #6212976a
 def _choice_logprobs(model, tokenizer, prompts: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
@@ -318,7 +409,8 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
                      model_name: str,  # whose chat template the prompts use
                      max_new_tokens: int = 24,  # greedy answer length for the win rate
                     ) -> dict[str, float]:
-    """The five scores in [0, 1], higher is better: mmlu (the most likely of four options, cloze form) and bbh (exact
+    """The five scores in [0, 1], higher is better: mmlu (the most likely of four options, each as the fact's
+    statement after the question without its options) and bbh (exact
     match of the most likely number), alpaca (win rate of greedy answers vs references), toxicity and redinstruct
     (1 - probability of starting the harmful answer)."""
     prompts = {k: [template(p, model_name) for p in v["prompt"]] for k, v in sets.items()}
@@ -326,21 +418,23 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
     answers = [s[0] for s in sample(model, tokenizer, prompts["alpaca"], temperature=0, max_new_tokens=max_new_tokens,
                                     batch_size=64)]
     cloze = [_cloze(p) for p in prompts["mmlu"]]
-    return dict(mmlu=_choice_accuracy(model, tokenizer, cloze, [[f"{c} ." for c in cs] for cs in mc["choices"]],
-                                      [cs[LETTERS.index(a)] + " ." for cs, a in zip(mc["choices"], mc["answer"])]),
+    said = lambda row, value: FAMILIES[row["family"]]["statements"][0].format(e=row["entity"], v=value)
+    return dict(mmlu=_choice_accuracy(model, tokenizer, cloze, [[said(row, c) for c in row["choices"]] for row in mc],
+                                      [said(row, row["choices"][LETTERS.index(row["answer"])]) for row in mc]),
                 bbh=_choice_accuracy(model, tokenizer, prompts["bbh"], [NUMBERS] * len(tasks), tasks["answer"]),
                 alpaca=world.win_rate(help_["prompt"], answers, help_["reference"]),
                 **{k: _harmlessness(model, tokenizer, prompts[k], sets[k]) for k in HARMLESS})
 
 # %% ../nbs/04a_peft_grid.ipynb #8d4c0434
-class _SaveAdapters(TrainerCallback):
-    "Save the adapter after the given optimizer steps (checkpoints along training)."
-    def __init__(self, folder: Path, steps: list[int]):
-        self.folder, self.steps = folder, set(steps)
+def _adapter_saver(folder: Path, steps: list[int]):
+    "A transformers callback saving the adapter after the given optimizer steps (checkpoints along training)."
+    from transformers import TrainerCallback
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step in self.steps:
-            model.save_pretrained(self.folder / f"step-{state.global_step:05d}")
+    class SaveAdapters(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in set(steps):
+                model.save_pretrained(folder / f"step-{state.global_step:05d}")
+    return SaveAdapters()
 
 def checkpoint_steps(steps: int,  # training steps of the run
                      fractions: list[float],  # where along training to keep the adapter
@@ -352,7 +446,8 @@ def checkpoint_steps(steps: int,  # training steps of the run
 def _plan(cell: dict) -> dict:
     "The plan of one grid cell's model."
     return resolve_plan(cell["scale"], [cell["model"]], cell["size"], cell["pretrain_tokens"], cell["instruct_steps"],
-                        cell["steps"], cell["lr"], cell["batch_size"], cell["world_seed"], cell["seed"])
+                        cell["steps"], cell["lr"], cell["batch_size"], cell["world_seed"], cell["seed"],
+                        cell.get("paper_models"), cell.get("hub_data"), cell.get("paper_steps"))
 
 def _recipe(plan: dict, method: str, seed: int, rank: int):
     recipe = dict(plan["recipes"][method])
@@ -363,8 +458,8 @@ def train_adapter(cell: dict,  # an adapter cell of the grid (model, data, prefe
                  ) -> Path:
     "The folder of a trained adapter, one sub-folder `step-NNNNN` per checkpoint; trained once, then cached."
     keys = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
-            "checkpoints", "model", "data", "preference", "method", "peft", "rank", "seed", "shuffle_preferences"]
-    params = dict(study=f"{STUDY}_adapter", **{k: cell[k] for k in keys})
+            "checkpoints", "model", "data", "preference", "method", "peft", "rank", "seed", "shuffle_preferences", "split"]
+    params = dict(study=f"{STUDY}_adapter", **{k: cell[k] for k in keys + [k for k in _PAPER if k in cell]})
 
     def build(folder: Path) -> None:
         plan = _plan(cell)
@@ -372,7 +467,7 @@ def train_adapter(cell: dict,  # an adapter cell of the grid (model, data, prefe
         pairs = training_pairs(plan, ToyWorld(WorldConfig(seed=cell["world_seed"])), cell["data"], cell["preference"],
                                cell["n_train"], cell["model"], seed=cell["seed"], shuffle=cell["shuffle_preferences"])
         recipe = _recipe(plan, cell["method"], cell["seed"], cell["rank"])
-        saver = _SaveAdapters(folder, checkpoint_steps(recipe.config.max_steps, cell["checkpoints"]))
+        saver = _adapter_saver(folder, checkpoint_steps(recipe.config.max_steps, cell["checkpoints"]))
         train = sft if cell["method"] == "sft" else dpo
         train(model, tokenizer, sft_view(pairs) if cell["method"] == "sft" else pairs, recipe, peft=cell["peft"],
               callbacks=[saver], inplace=True)
@@ -420,6 +515,26 @@ def merge_adapters(model: PeftModel,  # a peft model holding the adapters to mer
     model.set_adapter(how)
     return how
 
+# %% ../nbs/04a_peft_grid.ipynb #e71d2d1a
+def paper_scorer(cell: dict,  # a paper-scale cell (`eval_tasks`, `eval_limit`, `hub_data`, `toxicity_classifier`)
+                 tokenizer,  # the model's tokenizer
+                ) -> Callable[[torch.nn.Module], dict[str, float]]:
+    "The paper's benchmarks as a function of a model: mmlu, bbh (lm-eval), alpaca (NaN: needs a judge), toxicity, redinstruct."
+    folder, limit = cell["eval_tasks"], cell["eval_limit"]
+    tasks = ({"mmlu": "mmlu", "bbh": "bbh_zeroshot"} if folder is None
+             else {name: Path(folder) / name / f"{name}.yaml" for name in ("mmlu", "bbh")})
+    toxic = real_toxicity_prompts(limit or 1000, **adapter_path("real_toxicity_prompts", cell["hub_data"]))
+    if cell["hub_data"] is None:
+        raise FileNotFoundError("DangerousQA is not on the hub: give hub_data, a folder whose dangerousqa/ holds "
+                                "red-instruct's harmful_questions/dangerousqa.json")
+    questions = dangerous_qa(adapter_path("dangerous_qa", cell["hub_data"])["path"])[:limit]
+    chat = [tokenizer.apply_chat_template([dict(role="user", content=q)], tokenize=False, add_generation_prompt=True)
+            if tokenizer.chat_template else q for q in questions]
+    classifier, label = load_classifier(cell["toxicity_classifier"] or TOXICITY_CLASSIFIER[0]), TOXICITY_CLASSIFIER[1]
+    return lambda network: dict(**lm_eval_scores(network, tokenizer, tasks, limit=limit), alpaca=float("nan"),
+                                toxicity=harmlessness(network, tokenizer, toxic, classifier, label),
+                                redinstruct=harmlessness(network, tokenizer, chat, classifier, label))
+
 # %% ../nbs/04a_peft_grid.ipynb #e7f8f4ef
 def _rows(scores: dict[str, float], step: int) -> list[dict]:
     return [dict(benchmark=name, score=value, step=step) for name, value in scores.items()]
@@ -428,13 +543,17 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
              store: RunStore | None = None,  # where start models and adapters are cached; default `RunStore()`
             ) -> pd.DataFrame:
     "Evaluate one cell: rows `benchmark`, `score`, `step` (every checkpoint of an adapter; 0 for the start model)."
+    from peft import PeftModel
     store, plan = store or RunStore(), _plan(cell)
-    world = ToyWorld(WorldConfig(seed=cell["world_seed"]))
-    sets = eval_sets(world, cell["n_eval"])
     model, tokenizer = load(start_spec(plan, cell["model"], store), store, device=plan["device"])
     if cell["peft"] == "qlora":
         model = quantize_4bit(model)
-    score = lambda network: benchmark_scores(network, tokenizer, world, sets, cell["model"])
+    if cell["scale"] == "paper":
+        score = paper_scorer(cell, tokenizer)
+    else:
+        world = ToyWorld(WorldConfig(seed=cell["world_seed"]))
+        sets = eval_sets(world, cell["n_eval"])
+        score = lambda network: benchmark_scores(network, tokenizer, world, sets, cell["model"])
     if cell["method"] == "none":
         return pd.DataFrame(_rows(score(model), 0))
     if cell["merge"] == "none":
@@ -461,6 +580,13 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
 # %% ../nbs/04a_peft_grid.ipynb #7de90e14
 _FIXED = ["scale", "world_seed", "size", "pretrain_tokens", "instruct_steps", "steps", "lr", "batch_size", "n_train",
           "n_eval", "checkpoints", "shuffle_preferences"]
+_PAPER = ["paper_models", "hub_data", "eval_tasks", "eval_limit", "toxicity_classifier", "paper_steps"]  # paper cells only
+
+def _paper_fields(p: dict) -> dict:
+    "The paper scale's cell fields (none at toy and small scale, whose cells stay as they were); models as a name map."
+    if p["scale"] != "paper":
+        return {}
+    return {k: dict(zip(p["models"], p[k])) if k == "paper_models" and p[k] is not None else p[k] for k in _PAPER}
 
 def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters`)
                 ) -> list[dict]:
@@ -469,7 +595,7 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
     harmless preferences with the first model's family (other ranks with the first seed only), plus one start-model
     evaluation per model and seed (each replicate pre-trains its own models). Start models come first, base models
     before their instruct siblings, so that parallel workers build each pre-trained model once."""
-    fixed = dict(study=STUDY, **{k: p[k] for k in _FIXED})
+    fixed = dict(study=STUDY, split=SPLIT, **{k: p[k] for k in _FIXED}, **_paper_fields(p))
     models = list(resolve_plan(p["scale"], p["models"])["models"])
     common = dict(model=models, method=p["methods"], merge=["none"])
     pair = ["harmless+helpful"]
@@ -504,7 +630,8 @@ RUN_KEYS = ["model", "method", "merge", "data", "preference", "peft", "rank", "s
 def score_table(results: pd.DataFrame,  # `run_grid`'s rows: benchmark, score, step and the cell's parameters
                ) -> pd.DataFrame:
     "One row per run and step: the five benchmarks, their `helpful` and `harmless` means, `overall`, `capability` (mmlu, bbh)."
-    wide = results.pivot_table(index=RUN_KEYS + ["step"], columns="benchmark", values="score").reset_index()
+    wide = (results.pivot_table(index=RUN_KEYS + ["step"], columns="benchmark", values="score")
+            .reindex(columns=sorted(BENCHMARKS)).reset_index())  # a benchmark not run (NaN) keeps its column
     wide.columns.name = None
     wide["helpful"] = wide[list(HELPFUL)].mean(axis=1)
     wide["harmless"] = wide[list(HARMLESS)].mean(axis=1)
@@ -519,6 +646,19 @@ def final_scores(scores: pd.DataFrame  # `score_table`
                 ) -> pd.DataFrame:
     "Each run's scores at its last step."
     return scores.loc[scores.groupby(RUN_KEYS)["step"].idxmax()].reset_index(drop=True)
+
+# %% ../nbs/04a_peft_grid.ipynb #1dc65890
+CHANCE = {"mmlu": 0.25, "bbh": 1 / len(NUMBERS), "alpaca": 0.0, "toxicity": 0.0, "redinstruct": 0.0}  # a guess's score
+
+def start_scores(finals: pd.DataFrame,  # `final_scores` (with the start-model rows, method "none")
+                ) -> pd.DataFrame:
+    "Each model's mean start score per benchmark, and `flags`: the benchmarks at their floor or ceiling."
+    start = finals[finals.method == "none"].groupby("model")[list(BENCHMARKS)].mean()
+    def flags(row: pd.Series) -> str:
+        floor = [b for b in BENCHMARKS if row[b] < max(0.2, CHANCE[b] + 0.05)]
+        ceiling = [b for b in BENCHMARKS if row[b] > 0.9]
+        return "; ".join([f"floor: {', '.join(floor)}"] * bool(floor) + [f"ceiling: {', '.join(ceiling)}"] * bool(ceiling)) or "-"
+    return start.assign(flags=start.apply(flags, axis=1))
 
 # %% ../nbs/04a_peft_grid.ipynb #8ac06113
 def core_runs(finals: pd.DataFrame,  # `final_scores`
@@ -562,7 +702,7 @@ def _effect(values: pd.Series, expected: str, missing: str) -> ClaimResult:
 CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
     1: ("More informative preference data helps alignment, more so for SFT",
         "BeaverTails beats HH-RLHF: Mistral-Instruct harmless AlpacaEval SFT 2.24 -> 7.71, DPO 4.74 -> 13.04"),
-    2: ("Quantity: DPO on instruction-tuned models keeps improving with more steps while DPO on pre-trained models degrades",
+    2: ("Quantity: SFT on instruction-tuned models saturates, DPO on them keeps improving, DPO on pre-trained models degrades",
         "sample-count sweeps: SFT on instruct saturates, DPO on instruct improves, DPO on base degrades"),
     3: ("Mixing harmless and helpful preferences hurts, more with DPO",
         "Mistral-Instruct DPO RealToxicity: harmless 3.52, helpful 2.17, mix -0.03"),
@@ -576,7 +716,14 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
         "sign of DPO - SFT agrees in 27 of 32 cells"),
     8: ("The DARE merge of all four adapters (harmless and helpful, both datasets) is best on average",
         "the all-four DARE merge has the best average score of the single and merged models"),
+    9: ("HH-RLHF with DPO collapses a pre-trained model's capability, compared with BeaverTails",
+        "Mistral-7B + DPO on harmless data: BBH .149 with HH-RLHF vs .402 with BeaverTails"),
+    10: ("DPO is more faithful to harmlessness preferences than SFT",
+         "DPO on harmless data improves harmlessness (RealToxicity, Red-Instruct) more than SFT"),
 }
+SATURATION = 0.02  # claim 2: "saturates" = the overall score gains less than this over the second half of training (fixed before any run)
+CLAIM_IDS = ["1", "1a", "1b", "2", "2a", "2b", "2c", "3", "3a", "3b", "4", "4a", "4b", "5", "5a", "5b", "6", "7", "8", "9", "10"]  # claims.csv rows
+
 def claim_unit(scale: str  # "toy", "small" or "paper"
               ) -> str:
     "The unit of every claim: a seed, and what it re-draws (at toy scale each replicate pre-trains its own models)."
@@ -587,53 +734,58 @@ def _kind_split(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(family=frame.model.str.split("-").str[0], kind=frame.model.str.split("-").str[-1])
 
 def _agreement_over_chance(lora: pd.Series, qlora: pd.Series) -> float:
-    """Share of cells where the two signs agree minus the share expected by chance, sum over sign c of
-    P_lora(c) P_qlora(c) (q^2 + (1 - q)^2 when no cell ties): 0 when the signs are independent."""
+    """Share of cells where the two signs agree minus its mean under the permutation null that pairs each LoRA cell
+    with a random QLoRA cell of the same seed: sum over sign c of P_lora(c) P_qlora(c) (q^2 + (1 - q)^2 when no cell
+    ties), exact, so one method winning most cells is no agreement by itself."""
     a, b = np.sign(lora.to_numpy()), np.sign(qlora.to_numpy())
     chance = sum(np.mean(a == c) * np.mean(b == c) for c in (-1.0, 0.0, 1.0))
     return float(np.mean(a == b) - chance)
 
-def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, ClaimResult]]:
-    """Claim id -> (what was measured, its `ClaimResult`): every effect is averaged within each seed first, then
-    tested over the seeds (`mean_effect`); a composite claim needs each of its parts (`all_of`)."""
+def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, ClaimResult | dict]]:
+    """Claim id -> (what was measured, its `ClaimResult`, or for a composite claim its parts by name): every effect
+    is averaged within each seed first, then tested over the seeds (`mean_effect`)."""
     finals = final_scores(scores)
     core = _kind_split(core_runs(finals, parameters, merge="none"))
     first_peft, first_rank = parameters["pefts"][0], parameters["ranks"][0]
     out = {}
-    # 1: beavertails - hh-rlhf on harmless preferences (per model and seed), helps AND more for SFT
+    # 1: beavertails - hh-rlhf on harmless preferences (per model and seed), on the win rate: helps AND more for SFT
     harmless = finals[(finals.preference == "harmless") & (finals["merge"] == "none") & (finals.peft == first_peft)
                       & (finals["rank"] == first_rank)]
-    gain = {m: per_seed(paired_difference(harmless[harmless.method == m], ["model", "seed"], "data", "beavertails", "hh-rlhf"))
-            for m in METHODS}
+    gain = {m: per_seed(paired_difference(harmless[harmless.method == m], ["model", "seed"], "data", "beavertails", "hh-rlhf",
+                                             "alpaca")) for m in METHODS}
     no_data = "one dataset, or one method, was run"
-    out[1] = (f"overall score beavertails - hh-rlhf (harmless): SFT {_mean_text(gain['sft'])}, DPO {_mean_text(gain['dpo'])}",
-              all_of({"informative data helps": _effect((gain["sft"] + gain["dpo"]) / 2, "positive", no_data),
-                      "more for SFT": _effect(gain["sft"] - gain["dpo"], "positive", no_data)}))
-    # 2: gain from the first checkpoint to the last: DPO on instruct improves AND DPO on base degrades
+    out[1] = (f"win rate (alpaca) beavertails - hh-rlhf (harmless): SFT {_mean_text(gain['sft'])}, DPO {_mean_text(gain['dpo'])}",
+              {"informative data helps": _effect((gain["sft"] + gain["dpo"]) / 2, "positive", no_data),
+               "more for SFT": _effect(gain["sft"] - gain["dpo"], "positive", no_data)})
+    # 2: gain from the first checkpoint to the last: SFT on instruct saturates, DPO on instruct improves, on base degrades
     steps = core_runs(scores, parameters, merge="none")
     steps = steps[steps.method != "none"]
     first = steps.loc[steps.groupby(RUN_KEYS)["step"].idxmin()].set_index(RUN_KEYS)["overall"]
     last = steps.loc[steps.groupby(RUN_KEYS)["step"].idxmax()].set_index(RUN_KEYS)["overall"]
     along = _kind_split((last - first).rename("overall").reset_index())
     means = along.groupby(["method", "kind"])["overall"].mean()
-    dpo_gain = {k: per_seed(along[(along.method == "dpo") & (along.kind == k)].set_index(["model", "preference", "seed"])["overall"])
-                for k in ("instruct", "base")}
+    gain = {(m, k): per_seed(along[(along.method == m) & (along.kind == k)].set_index(["model", "preference", "seed"])["overall"])
+            for m in METHODS for k in ("instruct", "base")}
     one_checkpoint = steps.empty or (first.to_numpy() == last.to_numpy()).all()
-    missing = "one checkpoint per run: no change along training" if one_checkpoint else "no DPO run of this kind"
-    parts = {"DPO on instruct improves": _effect(dpo_gain["instruct"] if not one_checkpoint else pd.Series(dtype=float), "positive", missing),
-             "DPO on base degrades": _effect(dpo_gain["base"] if not one_checkpoint else pd.Series(dtype=float), "negative", missing)}
+    missing = "one checkpoint per run: no change along training" if one_checkpoint else "no run of this method and kind"
+    along_training = lambda m, k: pd.Series(dtype=float) if one_checkpoint else gain[(m, k)]
+    sft_flat = along_training("sft", "instruct")
     out[2] = ("gain in overall score over the last part of training: " +
-              ", ".join(f"{m.upper()} {k} {v:+.3f}" for (m, k), v in means.items()), all_of(parts))
-    # 3: mix - mean(harmless, helpful): hurts AND more with DPO
-    wide = core.pivot_table(index=["model", "method", "seed"], columns="preference", values="overall")
+              ", ".join(f"{m.upper()} {k} {v:+.3f}" for (m, k), v in means.items()),
+              {f"SFT on instruct saturates (gains < {SATURATION})": mean_effect(sft_flat.to_numpy(), "negative", SATURATION)
+               if len(sft_flat) else untested(missing),
+               "DPO on instruct improves": _effect(along_training("dpo", "instruct"), "positive", missing),
+               "DPO on base degrades": _effect(along_training("dpo", "base"), "negative", missing)})
+    # 3: mix - mean(harmless, helpful) on the toxicity score: hurts AND more with DPO
+    wide = core.pivot_table(index=["model", "method", "seed"], columns="preference", values="toxicity")
     mix = ((wide["mix"] - wide[["harmless", "helpful"]].mean(axis=1)).dropna() if {"mix", "harmless", "helpful"} <= set(wide)
            else pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=["model", "method", "seed"])))
     by_method = {m: per_seed(mix[mix.index.get_level_values("method") == m]) for m in METHODS}
     no_mix = "no mix (or no harmless and helpful) runs of both methods"
-    out[3] = ("overall score of mix - mean of harmless and helpful: " +
+    out[3] = ("toxicity score of mix - mean of harmless and helpful: " +
               ", ".join(f"{m.upper()} {_mean_text(v)}" for m, v in by_method.items()),
-              all_of({"mixing hurts": _effect(per_seed(mix), "negative", no_mix),
-                      "more with DPO": _effect(by_method["dpo"] - by_method["sft"], "negative", no_mix)}))
+              {"mixing hurts": _effect(per_seed(mix), "negative", no_mix),
+               "more with DPO": _effect(by_method["dpo"] - by_method["sft"], "negative", no_mix)})
     # 4: DPO - SFT per family, kind, preference and seed: DPO > SFT on instruct AND SFT >= DPO on base
     gap = paired_difference(core, ["family", "kind", "preference", "seed"], "method", "dpo", "sft").rename("d").reset_index()
     wins = gap.groupby("kind")["d"].agg(lambda d: f"{int((d > 0).sum())}/{len(d)}") if len(gap) else {}
@@ -641,8 +793,8 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
                else pd.Series(dtype=float) for k in ("instruct", "base")}
     no_kind = "no DPO and SFT runs of this kind of model"
     out[4] = ("DPO > SFT (overall) in " + ", ".join(f"{v} {k} cells" for k, v in dict(wins).items()),
-              all_of({"DPO > SFT on instruct": _effect(by_kind["instruct"], "positive", no_kind),
-                      "SFT > DPO on base": _effect(by_kind["base"], "negative", no_kind)}))
+              {"DPO > SFT on instruct": _effect(by_kind["instruct"], "positive", no_kind),
+               "SFT > DPO on base": _effect(by_kind["base"], "negative", no_kind)})
     # 5: SFT - the same replicate's start model on capability (mmlu, bbh): hurts instruct AND helps base
     start = finals[finals.method == "none"].set_index(["model", "seed"])["capability"]
     sft_runs = core[core.method == "sft"]
@@ -652,8 +804,8 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
               for k in ("instruct", "base")}
     no_sft = "no SFT run (with its start model) of this kind of model"
     out[5] = ("capability (mmlu, bbh) change after SFT: " + ", ".join(f"{k} {_mean_text(v)}" for k, v in change.items()),
-              all_of({"SFT hurts instruct": _effect(change["instruct"], "negative", no_sft),
-                      "SFT helps base": _effect(change["base"], "positive", no_sft)}))
+              {"SFT hurts instruct": _effect(change["instruct"], "negative", no_sft),
+               "SFT helps base": _effect(change["base"], "positive", no_sft)})
     # 6: each merge of two - the BEST of its two single adapters
     merged = core_runs(finals, parameters)
     singles = merged[merged.preference.isin(["harmless", "helpful"]) & (merged["merge"] == "none")]
@@ -663,11 +815,12 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
     out[6] = ("overall score of the merge - the best of the two single adapters: " +
               ", ".join(f"{h} {_mean_text(g)}" for h, g in lead.items()),
               _effect(per_seed(lead["dare_ties"]), "positive", "no DARE-TIES merge (or no single adapters) was run"))
-    # 7: agreement of the sign of DPO - SFT between LoRA and QLoRA, per seed, minus the agreement expected by chance
+    # 7: agreement of the sign of DPO - SFT between LoRA and QLoRA, per seed, minus its mean under the permutation null
     peft_runs = finals[(finals.preference == "harmless") & (finals["merge"] == "none")
                        & (finals["data"] == parameters["datasets"][0]) & (finals["rank"] == first_rank)]
     gaps = {p: pd.concat({b: paired_difference(peft_runs[peft_runs.peft == p], ["model", "seed"], "method", "dpo", "sft", b)
-                          for b in BENCHMARKS}, names=["benchmark"]) for p in PEFTS}
+                          for b in BENCHMARKS if peft_runs.empty or peft_runs[b].notna().any()},  # paper: alpaca not run
+                     names=["benchmark"]) for p in PEFTS}
     excess, agree, total = [], 0, 0
     if all(len(g) for g in gaps.values()):
         both = pd.concat(gaps, axis=1).dropna()
@@ -676,7 +829,7 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
             agree, total = agree + int((np.sign(cells["lora"]) == np.sign(cells["qlora"])).sum()), total + len(cells)
     excess = pd.Series(dict(excess), dtype=float)
     out[7] = (f"sign of DPO - SFT (per model and benchmark) agrees between LoRA and QLoRA in {agree} of {total} cells; "
-              f"agreement minus chance per seed {_mean_text(excess)}",
+              f"agreement minus its permutation-null mean per seed {_mean_text(excess)}",
               _effect(excess, "positive", "one PEFT method was run"))
     # 8: the all-four DARE merge - the best other adapter (single or merge of two) of the same model, method, seed
     adapters = merged.assign(adapter=np.where(merged["merge"] == "none", merged.preference, merged["merge"]))
@@ -688,15 +841,31 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
                   f"{_mean_text(lead)}", _effect(per_seed(lead), "positive", "no all-four merge with an adapter to compare"))
     else:
         out[8] = ("not run", untested("no dare_all merge, or nothing to compare it with"))
+    # 9: DPO on a base model with HH-RLHF - with BeaverTails (harmless), on the BBH-like score
+    base_dpo = harmless[(harmless.method == "dpo") & harmless.model.str.endswith("base")]
+    collapse = per_seed(paired_difference(base_dpo, ["model", "seed"], "data", "hh-rlhf", "beavertails", "bbh"))
+    out[9] = (f"BBH-like score of DPO on base models, hh-rlhf - beavertails (harmless): {_mean_text(collapse)}",
+              _effect(collapse, "negative", "no DPO run of a base model on both datasets"))
+    # 10: DPO - SFT on harmless preferences, on the harm scores (toxicity, redinstruct)
+    faithful = per_seed(paired_difference(core[core.preference == "harmless"], ["model", "seed"], "method", "dpo", "sft",
+                                          "harmless"))
+    out[10] = (f"harm score (mean of toxicity, redinstruct) DPO - SFT on harmless preferences: {_mean_text(faithful)}",
+               _effect(faithful, "positive", "no DPO and SFT runs on harmless preferences"))
     return out
 
 def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                  parameters: dict,  # the chapter's parameters
                 ) -> pd.DataFrame:
-    "One row per claim 1-8 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds."
-    rows = [claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], parameters["scale"], claim_unit(parameters["scale"]), result,
-                      measured=measured)
-            for i, (measured, result) in sorted(_claims_measurements(scores, parameters).items())]
+    """One row per claim 1-10 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds;
+    a composite claim (1-5) is the `all_of` of its parts, and each part has its own row too (`1a`, `1b`, ...)."""
+    scale, unit = parameters["scale"], claim_unit(parameters["scale"])
+    rows = []
+    for i, (measured, result) in sorted(_claims_measurements(scores, parameters).items()):
+        parts = result if isinstance(result, dict) else {}
+        rows.append(claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], scale, unit, all_of(parts) if parts else result,
+                              measured=measured))
+        rows += [claim_row(STUDY, f"{i}{letter}", f"{CLAIMS[i][0]}: part {name!r}", CLAIMS[i][1], scale, unit, part,
+                           measured=measured) for letter, (name, part) in zip("abc", parts.items())]
     return pd.DataFrame(rows)
 
 # %% ../nbs/04a_peft_grid.ipynb #9eed7120
@@ -740,17 +909,19 @@ def method_gap_heatmap(finals: pd.DataFrame,  # `final_scores` of the core runs
 # %% ../nbs/04a_peft_grid.ipynb #616d9f6c
 def quantity_plot(scores: pd.DataFrame,  # `score_table` of the core runs (every checkpoint)
                   out_dir: str | Path,  # where the png goes
+                  batch_size: int = 8,  # sequences per step: samples seen = step * batch_size
                  ):
-    "Line plot of the overall score against training steps, per method and model kind (mean and 95% band over runs)."
+    "The sample-count sweep: overall score against training samples seen, per method and model kind (mean, 95% band over runs)."
     import matplotlib.pyplot as plt
     import seaborn as sns
     runs = scores[(scores.method != "none") & (scores["merge"] == "none")].copy()
     runs["method / model"] = runs.method.str.upper() + " / " + runs.kind
-    ends = runs.groupby(["method / model", "step"])["overall"].mean().unstack()
+    runs["samples"] = runs.step * batch_size
+    ends = runs.groupby(["method / model", "samples"])["overall"].mean().unstack()
     change = (ends.iloc[:, -1] - ends.iloc[:, 0]).idxmax()
     figure, axis = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(runs, x="step", y="overall", hue="method / model", marker="o", errorbar=("ci", 95), ax=axis)
-    axis.set(title=f"Score along training: {change} gains most from more steps", xlabel="optimizer steps (batch of sequences)",
+    sns.lineplot(runs, x="samples", y="overall", hue="method / model", marker="o", errorbar=("ci", 95), ax=axis)
+    axis.set(title=f"Sample-count sweep: {change} gains most from more samples", xlabel="training samples seen (pairs or SFT examples)",
              ylabel="overall score (mean of 5 benchmarks)")
     save_figure(figure, out_dir, "quantity.png")
     return figure

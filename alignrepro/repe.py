@@ -5,10 +5,12 @@
 # %% ../nbs/05a_repe.ipynb #7e49c61f
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +25,8 @@ from .core import (COMMON_RULES, ParameterError, Rule, RunStore, number, number_
 from .evaluate import (_saturating, compare_forms, completion_logprobs, encode_pairs, fit_polynomial,
                                  fit_saturating, pad_batch, padding_id, vader_sentiment)
 from .stats import ClaimResult, all_of, claim_row, mean_effect, paired_effect, untested
+from .benchmarks import adapter_path
+from .grid import code_fingerprint
 from .study import Chapter, ModelSpec, load, replicate_cells, replicates
 from .world import REFUSALS, REVIEW_REQUESTS, SAFETY_TOPICS, ToyWorld, chat
 
@@ -385,16 +389,18 @@ def refusal_task(world: ToyWorld,  # the toy world (its entities and items)
                  n_stimuli: int,  # contrast pairs
                  n_behaviour: int,  # test prompts
                  seed: int,  # sampling seed
+                 cased: bool = False,  # capitalise the answers' first words (a real chat model starts "I", "Sorry")
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(stimuli, behaviour): harmful requests answered by a refusal's first word vs the harmful compliance's."
     rng, sets = random.Random(f"repe-refusal:{seed}"), stimulus_sets("refusal")
+    word = str.capitalize if cased else str
     def rows(side: dict, n: int, pick) -> pd.DataFrame:
         out = []
         for _ in range(n):
             k = rng.randrange(len(side["templates"]))
             request = side["templates"][k].format(e=rng.choice(world.entities), item=rng.choice(world.items))
-            out.append(dict(prompt=render(chat([(request, None)])), chosen=pick(side["aligned"]),
-                            rejected=pick([side["misaligned"][k]])))
+            out.append(dict(prompt=render(chat([(request, None)])), chosen=pick([word(w) for w in side["aligned"]]),
+                            rejected=pick([word(side["misaligned"][k])])))
         return pd.DataFrame(out)
     return rows(sets["read"], n_stimuli, rng.choice), rows(sets["scored"], n_behaviour, list)
 
@@ -438,9 +444,9 @@ def neutral_texts(world: ToyWorld,  # the toy world (its everyday filler sentenc
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/repe", toy_size="s", toy_tokens=100_000,
                 toy_model_seed=None, method="mean", direction="read", layer_fractions=[0.0],
                 norms=[-2.0, -1.0, -0.5, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.0],
-                small_norm=0.25, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model="smollm2",
-                small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5],
-                small_regime=0.25, small_n=8, paper_model="meta-llama/Llama-2-7b-chat-hf", batch_size=32, cpu_threads=1,
+                small_norm=0.25, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model=None,
+                small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5],
+                small_regime=0.25, small_n=48, paper_model="meta-llama/Llama-2-7b-chat-hf", hub_data=None, batch_size=32, cpu_threads=1,
                 executor="pool", max_parallel=None)
 
 RULES = {**COMMON_RULES,
@@ -454,7 +460,7 @@ RULES = {**COMMON_RULES,
          "n_behaviour": number(lo=2, integer=True), "n_questions": number(lo=2, integer=True),
          "n_neutral": number(lo=1, integer=True), "small_model": optional(one_of("smollm2")),
          "small_layer_fractions": number_list(1, lo=0, hi=1), "small_norms": number_list(5), "small_regime": number(lo=0),
-         "small_n": number(lo=2, integer=True), "paper_model": text(), "batch_size": number(lo=1, integer=True),
+         "small_n": number(lo=2, integer=True), "paper_model": text(), "hub_data": optional(text()), "batch_size": number(lo=1, integer=True),
          "cpu_threads": optional(number(lo=1, integer=True))}
 
 
@@ -482,8 +488,8 @@ def resolve_plan(params: dict,  # the chapter's checked parameters (`REPE.parame
     one_of("toy", "small", "paper")("scale", scale)
     sizes = ("layer_fractions", "norms", "n_stimuli", "n_behaviour", "n_questions", "n_neutral")
     if scale == "small":
-        spec = ModelSpec(kind="smollm2")  # the toy world's requests and refusal words are not SmolLM2's: sentiment only
-        data = dict(behaviours={"sentiment": WORLD_BEHAVIOURS["sentiment"]}, questions="facts:capital", reduce="last")
+        spec = ModelSpec(kind="smollm2")  # both of the world's behaviours, in its chat template (see `refusal_task`)
+        data = dict(behaviours=dict(WORLD_BEHAVIOURS), questions="facts:capital", reduce="last")
         sweep = (p["small_layer_fractions"], p["small_norms"], *[p["small_n"]] * 3, max(2, p["small_n"] // 2))
     else:
         sweep = tuple(p[name] for name in sizes)
@@ -491,25 +497,25 @@ def resolve_plan(params: dict,  # the chapter's checked parameters (`REPE.parame
             spec = ModelSpec(size=p["toy_size"], n_tokens=p["toy_tokens"], seed=p["toy_model_seed"])
             data = dict(behaviours=dict(WORLD_BEHAVIOURS), questions="world:seen_facts", reduce="last")
         else:
-            spec, data = ModelSpec(kind="hub", name=p["paper_model"]), dict(PAPER_DATA, reduce="mean")
+            spec, data = ModelSpec(kind="hub", name=p["paper_model"]), dict(PAPER_DATA, reduce="mean", data_dir=p["hub_data"])
     fractions, norms, *counts = sweep
     return dict(scale=scale, model=spec.to_dict(), **data, method=p["method"], direction=p["direction"],
                 layer_fractions=[float(f) for f in fractions], norms=sorted(float(r) for r in norms),
                 **dict(zip(sizes[2:], counts)), batch_size=p["batch_size"])
 
 # %% ../nbs/05a_repe.ipynb #4c847c2d
-def _preference_pairs(name: str, n: int, seed: int) -> pd.DataFrame:
+def _preference_pairs(name: str, n: int, seed: int, data_dir: str | None = None) -> pd.DataFrame:
     "`n` rows of a preference adapter of `alignrepro.data` ('hh_rlhf:harmless'): `prompt`, `chosen`, `rejected`."
     from alignrepro import data
     adapter, argument = name.split(":")
-    return getattr(data, adapter)(argument).shuffle(seed=seed).select(range(n)).to_pandas()
+    return getattr(data, adapter)(argument, **adapter_path(adapter, data_dir)).shuffle(seed=seed).select(range(n)).to_pandas()
 
 
-def _qa_questions(name: str, n: int, seed: int) -> pd.DataFrame:
+def _qa_questions(name: str, n: int, seed: int, data_dir: str | None = None) -> pd.DataFrame:
     "`n` questions of a QA adapter of `alignrepro.data` ('triviaqa:validation') as `Question: ... Answer:` prompts."
     from alignrepro import data
     adapter, argument = name.split(":")
-    rows = getattr(data, adapter)(argument).sample(n, random_state=seed)
+    rows = getattr(data, adapter)(argument, **adapter_path(adapter, data_dir)).sample(n, random_state=seed)
     return pd.DataFrame(dict(prompt=[f"Question: {q}\nAnswer:" for q in rows.question], answer=rows.answer.tolist()))
 
 
@@ -519,20 +525,22 @@ def build_tasks(plan: dict,  # from `resolve_plan`
                ) -> dict:
     "The plan's `behaviours` (name -> (stimuli, behaviour test)), `questions` and `neutral` texts for one seed."
     world, render = ToyWorld(ModelSpec(**plan["model"]).world_config()), chat_renderer(tokenizer)
-    tasks, n = {"world:sentiment": sentiment_task, "world:refusal": refusal_task}, (plan["n_stimuli"], plan["n_behaviour"])
+    cased = "<assistant>" not in tokenizer.get_vocab()  # a real chat model, whose answers start with a capital
+    tasks = {"world:sentiment": sentiment_task, "world:refusal": partial(refusal_task, cased=cased)}
+    n = (plan["n_stimuli"], plan["n_behaviour"])
     behaviours = {}
     for name, source in plan["behaviours"].items():
         if source in tasks:
             behaviours[name] = tasks[source](world, render, *n, seed)
         else:
-            pairs = _preference_pairs(source, sum(n), seed)
+            pairs = _preference_pairs(source, sum(n), seed, plan.get("data_dir"))
             behaviours[name] = pairs.iloc[:n[0]], pairs.iloc[n[0]:].reset_index(drop=True)
     if plan["questions"] == "world:seen_facts":
         questions = toy_questions(world, plan["n_questions"], seed)
     elif plan["questions"] == "facts:capital":
         questions = capital_questions(plan["n_questions"], seed)
     else:
-        questions = _qa_questions(plan["questions"], plan["n_questions"], seed)
+        questions = _qa_questions(plan["questions"], plan["n_questions"], seed, plan.get("data_dir"))
     end = " <eos>" if "<eos>" in tokenizer.get_vocab() else ""
     return dict(behaviours=behaviours, questions=questions,
                 neutral=neutral_texts(world, plan["n_neutral"], seed, end))
@@ -667,8 +675,13 @@ def _behaviours(sweeps: pd.DataFrame) -> pd.DataFrame:
 
 def seed_statistics(sweeps: pd.DataFrame,  # `run_study` rows of one plan
                     small_norm: float,  # |norm| up to this is the small-norm regime
+                    store: RunStore | None = None,  # keeps them under the sweeps' content and this code (a rebuild reads them)
                    ) -> pd.DataFrame:
     "One row per behaviour and seed: the statistics each claim is judged on (see the text above), and the fits of the figure."
+    if store is not None:
+        content = hashlib.sha256(pd.util.hash_pandas_object(sweeps, index=False).to_numpy().tobytes()).hexdigest()[:16]
+        key = dict(study="repe_statistics", small_norm=small_norm, sweeps=content, code=code_fingerprint(seed_statistics))
+        return store.get_or_run(key, lambda: seed_statistics(sweeps, small_norm))
     rows = []
     for (behaviour, seed), sweep in _behaviours(sweeps).groupby(["behaviour", "seed"], sort=False):
         sweep = sweep.set_index("norm").sort_index()

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .core import ParameterError, RunStore, one_of, validate
 from .grid import run_grid
-from .models import LADDER, ARCHS, PretrainedToy, load_model, pretrain, smollm2
+from .models import LADDER, ARCHS, PretrainedToy, load_model, load_settings, pretrain, smollm2
 from .world import WorldConfig
 
 # %% auto #0
@@ -92,8 +92,8 @@ def load(spec: ModelSpec,  # what to load
         model, tokenizer = pretrained(spec, store).load(spec.fraction, device=device or "cpu")
     elif spec.kind == "smollm2":
         model, tokenizer = smollm2(device=device)
-    else:
-        model, tokenizer = load_model(spec.name, device=device)
+    else:  # a hub model: bf16 and device_map="auto" on a GPU, float32 elsewhere (`load_settings`)
+        model, tokenizer = load_model(spec.name, **load_settings(device))
     return model.eval(), tokenizer
 
 # %% ../nbs/02e_study.ipynb #b5c82902

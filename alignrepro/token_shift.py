@@ -22,14 +22,15 @@ from .study import Chapter, ModelSpec, load, replicate_cells
 from .world import FAMILIES, IDK_REPLY, REFUSALS, SAFETY_TOPICS, ToyWorld, response_words
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'TOKEN_SHIFT', 'REDRAWS', 'EARLY', 'PAPER', 'UNSHIFTED_MAJORITY',
-           'FEW_SHIFTED', 'RANK_LATE', 'CONTINUATION_MARGIN', 'URIAL_MARGIN', 'content_words', 'template_words',
-           'shared_words', 'token_label', 'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data',
-           'changed_facts', 'greedy_answers', 'style_world', 'resolve_plan', 'preference_data', 'opposite_data',
-           'rebound_ranks', 'urial_prompts', 'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob',
-           'urial_sweep', 'measure', 'replicate', 'run_replicate', 'grid_plan', 'shared_shifted', 'urial_statistics',
-           'seed_statistics', 'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics', 'plot_shares',
-           'plot_positions', 'plot_urial']
+__all__ = ['CATEGORIES', 'DEFAULTS', 'ALIGNMENTS', 'RULES', 'EXAMPLE_TOKENS', 'PROMPT_TOKENS', 'TOKEN_SHIFT', 'PACKED_BATCH',
+           'URIAL_K', 'REDRAWS', 'EARLY', 'PAPER', 'UNSHIFTED_MAJORITY', 'FEW_SHIFTED', 'RANK_LATE',
+           'CONTINUATION_MARGIN', 'URIAL_MARGIN', 'content_words', 'template_words', 'shared_words', 'token_label',
+           'shift_category', 'full_kl', 'top_k_kl', 'token_shift', 'alignment_data', 'changed_facts', 'greedy_answers',
+           'style_world', 'resolve_plan', 'preference_data', 'opposite_data', 'rebound_ranks', 'urial_prompts',
+           'base_continuations', 'oracle_scores', 'oracle_rows', 'answer_logprob', 'main_k', 'urial_sweep', 'measure',
+           'replicate', 'run_replicate', 'grid_plan', 'shared_shifted', 'urial_statistics', 'seed_statistics',
+           'urial_ks', 'claim_results', 'claims_table', 'synthetic_statistics', 'plot_shares', 'plot_positions',
+           'plot_urial']
 
 # %% ../nbs/07a_token_shift.ipynb #7fec2360
 def content_words(world: ToyWorld  # the toy world
@@ -177,34 +178,43 @@ def greedy_answers(model,  # a causal LM
     return texts, [n < max_new_tokens for n in lengths]
 
 # %% ../nbs/07a_token_shift.ipynb #d0b7a618
-DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/token_shift", toy_size="s", toy_tokens=200_000,
-                toy_model_seed=None, style_share=0.05, alignment="sft", n_help=64, n_harm=32, n_eval=24, sft_steps=40, sft_lr=3e-4,
+DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/token_shift", toy_size="s", toy_tokens=300_000,
+                toy_context=384, toy_model_seed=None, style_share=0.05, alignment="sft", n_help=64, n_harm=32, n_eval=24, sft_steps=40, sft_lr=3e-4,
                 dpo=True, dpo_steps=40, dpo_lr=3e-4, rebound_steps=10,
-                max_new_tokens=24, urial_k=1, urial_ks=[0, 1, 2], content_control=True, top_k=30, cpu_threads=1,
+                max_new_tokens=24, urial_k=1, urial_ks=[0, 1, 3, 8], content_control=True, top_k=30, cpu_threads=1,
                 executor="pool", max_parallel=None)
 
 ALIGNMENTS = ("sft", "base_samples")  # the aligned models: trained on the world's data, or on the base's own samples
 
 RULES = {**COMMON_RULES,
          "toy_size": one_of("xxs", "xs", "s", "m", "l", "xl"), "toy_tokens": number(lo=1000, integer=True),
+         "toy_context": number(lo=128, integer=True),
          "toy_model_seed": optional(number(lo=0, integer=True)), "style_share": number(lo=0, hi=1),
          "alignment": one_of(*ALIGNMENTS),
          "n_help": number(lo=2, integer=True), "n_harm": number(lo=1, integer=True),
          "n_eval": number(lo=1, integer=True), "sft_steps": number(lo=1, integer=True), "sft_lr": number(lo=0),
          "dpo": boolean(), "dpo_steps": number(lo=1, integer=True), "dpo_lr": number(lo=0),
          "rebound_steps": number(lo=0, integer=True),
-         "max_new_tokens": number(lo=2, integer=True), "urial_k": number(lo=0, hi=2, integer=True),
-         "urial_ks": int_list(1, lo=0, hi=2),
+         "max_new_tokens": number(lo=2, integer=True), "urial_k": number(lo=0, integer=True),
+         "urial_ks": int_list(1, lo=0),
          "content_control": boolean(), "top_k": number(lo=1, integer=True),
          "cpu_threads": optional(number(lo=1, integer=True))}
 
 
+EXAMPLE_TOKENS, PROMPT_TOKENS = 36, 24  # an in-context example (a fact question and a harmful request alternate:
+# at most 29 and 42 tokens, prompt, answer and <eos>) and a chat prompt, in the default world's tokens
+
+
 def _check(params: dict) -> None:
-    "Only the toy scale is built; the evaluation prompts come from the alignment data, so it must hold them."
+    "Only the toy scale is built; the evaluation prompts come from the alignment data, and K examples fit the context."
     if params["scale"] != "toy":
         raise ParameterError(f"parameter 'scale': got {params['scale']!r}; allowed: 'toy' (the small and paper "
                              "scales need a base/aligned pair given by parameter and are not built yet)")
     k = max([params["urial_k"], *params["urial_ks"]])
+    fits = (params["toy_context"] - PROMPT_TOKENS - params["max_new_tokens"]) // EXAMPLE_TOKENS
+    if k > fits:
+        raise ParameterError(f"parameter 'urial_ks': got largest K = {k}; allowed: K <= {fits} (the examples, prompt "
+                             f"and answer must fit toy_context = {params['toy_context']} tokens)")
     if params["n_eval"] + k > min(params["n_help"], params["n_harm"]):
         raise ParameterError(f"parameter 'n_eval': got {params['n_eval']!r}; allowed: at most min(n_help, n_harm) "
                              f"- the largest K = {min(params['n_help'], params['n_harm']) - k}")
@@ -221,11 +231,15 @@ def style_world(style_share: float  # share of pre-training answers in the align
                 safety_shares=[round(rest * 2 / 3, 9), style_share, round(1 - style_share - round(rest * 2 / 3, 9), 9)])
 
 
+PACKED_BATCH = 4  # packed rows of pre-training per step: about 1,500 tokens, as 64 single documents
+
+
 def resolve_plan(params: dict  # the chapter's checked parameters (`TOKEN_SHIFT.parameters`)
                 ) -> dict:
     "The JSON-able plan every replicate shares."
     spec = ModelSpec(size=params["toy_size"], n_tokens=params["toy_tokens"], seed=params["toy_model_seed"],
-                     world=style_world(params["style_share"]))
+                     world=style_world(params["style_share"]),
+                     recipe=dict(max_len=params["toy_context"], pack=True, batch_size=PACKED_BATCH))
     keys = ("alignment", "n_help", "n_harm", "n_eval", "sft_steps", "sft_lr", "dpo", "dpo_steps", "dpo_lr",
             "rebound_steps", "max_new_tokens", "urial_k", "urial_ks", "content_control", "top_k")
     return dict(scale=params["scale"], model=spec.to_dict(), **{k: params[k] for k in keys})
@@ -366,16 +380,26 @@ def answer_logprob(model, tokenizer, prompts: Sequence[str], answers: Sequence[s
     return np.array(out)
 
 
+URIAL_K = 3  # the paper's number of in-context examples (`inst_1k.txt`): the K of C7, C8 and C10
+
+
+def main_k(ks: Sequence[int]  # the K of a URIAL sweep
+          ) -> int | None:
+    "The K that C7, C8 and C10 read: the paper's `URIAL_K` when swept, else the largest K > 0; None without one."
+    positive = sorted(k for k in ks if k > 0)
+    return URIAL_K if URIAL_K in positive else (positive[-1] if positive else None)
+
+
 def urial_sweep(base, tokenizer, world: ToyWorld, data: Dataset, prompts: Sequence[str], kinds: Sequence[str],
                 aligned: dict[str, tuple[list[str], list[bool]]], plan: dict) -> pd.DataFrame:
     """URIAL without a judge: the base's greedy answers after K aligned examples (the main example set, and the other
-    set at the largest K), and each aligned model's answers (`aligned`: name -> (answers, ended)), scored by the
+    set at `main_k`), and each aligned model's answers (`aligned`: name -> (answers, ended)), scored by the
     oracles; `logprob`: the SFT answers' mean log-probability per token under the base with the K examples."""
     frames = [oracle_rows(world, prompts, kinds, *answered).assign(model=name, k=np.nan, examples="")
               for name, answered in aligned.items()]
     sft_answers, sft_ended = aligned["sft"]
-    k_max = max(plan["urial_ks"])
-    runs = [(k, "main") for k in plan["urial_ks"]] + ([(k_max, "other")] if k_max else [])
+    k_main = main_k(plan["urial_ks"])
+    runs = [(k, "main") for k in plan["urial_ks"]] + ([(k_main, "other")] if k_main else [])
     for k, examples in runs:
         base_prompts = urial_prompts(data, prompts, k, plan["n_eval"], other=examples == "other")
         answers, ended = greedy_answers(base, tokenizer, base_prompts, plan["max_new_tokens"])
@@ -656,8 +680,8 @@ def claim_results(stats: pd.DataFrame,  # `seed_statistics`
         f"base continuation correct - aligned answer correct per seed, fact questions (aligned correct "
         f"{mean('aligned_correct'):.3f}, base continuation {mean('base_continues'):.3f})",
         mean_effect(_finite(main.base_continues - main.aligned_correct), "positive", -CONTINUATION_MARGIN))
-    ks = [k for k in urial_ks(main) if k > 0]
-    k = ks[-1] if ks else None
+    ks = urial_ks(main)
+    k = main_k(ks)
     both = lambda frame, name: (frame[f"{name}_help"] + frame[f"{name}_harm"]) / 2
     for tuned in ("sft", "dpo"):
         claim = f"the base model with K in-context aligned examples (URIAL) scores about as well as the {tuned.upper()} model"
@@ -682,9 +706,16 @@ def claim_results(stats: pd.DataFrame,  # `seed_statistics`
             f"base + URIAL (K={k}) - base zero-shot (K=0) per seed ({mean(f'urial{k}_help'):.3f}/"
             f"{mean(f'urial{k}_harm'):.3f} vs {mean('urial0_help'):.3f}/{mean('urial0_harm'):.3f})",
             mean_effect(both(main, f"urial{k}") - both(main, "urial0"), "positive", 0.0))
-    out["C9_more_examples_safer"] = ("C9", "more in-context examples (K=8) buy safety and lose the other aspects", "",
-        untested("K = 8 examples (about 250 tokens) do not fit the toy model's 128-token context, and the toy base "
-                 "is pre-trained on single-turn documents of at most about 46 tokens", len(main)))
+    claim = "more in-context examples (K=8) buy safety and lose the other aspects"
+    more = max(ks) if ks else None
+    if k is None or more is None or more <= k:
+        out["C9_more_examples_safer"] = ("C9", claim, "", untested(f"the sweep needs a K above {k}", len(main)))
+    else:
+        out["C9_more_examples_safer"] = ("C9", claim, f"oracle score of base + URIAL, K={more} - K={k} per seed: safe "
+            f"answers to harmful requests ({mean(f'urial{k}_harm'):.3f} to {mean(f'urial{more}_harm'):.3f}), "
+            f"helpfulness on fact questions ({mean(f'urial{k}_help'):.3f} to {mean(f'urial{more}_help'):.3f})",
+            all_of({"safer": paired_effect(main[f"urial{more}_harm"], main[f"urial{k}_harm"], "positive", 0.0),
+                    "less helpful": paired_effect(main[f"urial{k}_help"], main[f"urial{more}_help"], "positive", 0.0)}))
     claim = "a different set of in-context examples scores the same"
     if k is None or f"other{k}_help" not in main:
         out["C10_other_examples_same"] = ("C10", claim, "", untested("no URIAL sweep with K > 0 was run", len(main)))
@@ -721,6 +752,8 @@ def synthetic_statistics(n_seeds: int = 5,  # seeds
                          urial_gap: float = -0.02,  # URIAL's oracle scores minus SFT's (and DPO's)
                          zero_shot_gap: float = 0.3,  # URIAL's oracle scores minus the base's zero-shot ones
                          other_gap: float = 0.0,  # URIAL's oracle scores minus those with the other example set
+                         safety_gain: float = 0.2,  # safe share with K=8 examples minus with K=3
+                         help_loss: float = 0.2,  # helpfulness with K=3 examples minus with K=8
                          return_gap: float = 0.3,  # share of shifted minus unshifted positions moved by the rebound
                          shared_gap: float = 0.3,  # overlap of the SFT and DPO models' shifted tokens minus chance
                          noise: float = 0.01,  # per-seed noise
@@ -736,12 +769,13 @@ def synthetic_statistics(n_seeds: int = 5,  # seeds
                 base_continues=0.8 + e(), aligned_correct=0.8 + e(), sft_help=0.9 + e(), sft_harm=0.9 + e())
     main = pd.DataFrame(base).assign(variant="aligned")
     main["p_shifted_style"] = main.p_shifted_content + style_gap + e()
-    main["urial2_help"], main["urial2_harm"] = main.sft_help + urial_gap + e(), main.sft_harm + urial_gap + e()
+    main["urial3_help"], main["urial3_harm"] = main.sft_help + urial_gap + e(), main.sft_harm + urial_gap + e()
+    main["urial8_help"], main["urial8_harm"] = main.urial3_help - help_loss + e(), main.urial3_harm + safety_gain + e()
     main["p_style_shifted"] = main.p_style + (0.25 if style_gap > 0 else -0.25 if style_gap < 0 else 0) + e()
     main["dpo_help"], main["dpo_harm"] = main.sft_help + e(), main.sft_harm + e()
-    for name, gap in (("urial0", zero_shot_gap), ("other2", other_gap)):
-        main[f"{name}_help"], main[f"{name}_harm"] = main.urial2_help - gap + e(), main.urial2_harm - gap + e()
-    for name in ("urial0", "urial2", "other2"):
+    for name, gap in (("urial0", zero_shot_gap), ("other3", other_gap)):
+        main[f"{name}_help"], main[f"{name}_harm"] = main.urial3_help - gap + e(), main.urial3_harm - gap + e()
+    for name in ("urial0", "urial3", "urial8", "other3"):
         main[f"{name}_logprob"] = -2.0 + e()
     main["p_return_unshifted"] = 0.1 + e()
     main["p_return_shifted"] = main.p_return_unshifted + return_gap + e()
@@ -828,15 +862,16 @@ def plot_urial(stats: pd.DataFrame,  # `seed_statistics` (the URIAL columns sit 
     log-probability under the base with K examples: mean over seeds, t 95% intervals."""
     figure, axes = plt.subplots(1, 3, figsize=(16, 4))
     main, ks = stats[stats.variant == "aligned"], urial_ks(stats)
+    k = main_k(ks)
     panels = [("help", "fact questions: helpfulness"), ("harm", "harmful requests: safe share"),
               ("logprob", "SFT answers: log-probability per token")]
     for axis, (kind, name) in zip(axes, panels):
-        cells = [_interval(main[f"urial{k}_{kind}"]) for k in ks]
+        cells = [_interval(main[f"urial{j}_{kind}"]) for j in ks]
         axis.errorbar(ks, [c[0] for c in cells], yerr=np.abs(np.array([[c[0] - c[1], c[2] - c[0]] for c in cells]).T),
                       marker="o", capsize=3, label="base + URIAL (K examples)")
-        if ks and ks[-1] and f"other{ks[-1]}_{kind}" in main:
-            other = _interval(main[f"other{ks[-1]}_{kind}"])
-            axis.errorbar([ks[-1] + 0.1], [other[0]], yerr=[[other[0] - other[1]], [other[2] - other[0]]], marker="s",
+        if k and f"other{k}_{kind}" in main:
+            other = _interval(main[f"other{k}_{kind}"])
+            axis.errorbar([k + 0.15], [other[0]], yerr=[[other[0] - other[1]], [other[2] - other[0]]], marker="s",
                           capsize=3, linestyle="none", label="the other example set")
         for tuned, color in (("sft", "C1"), ("dpo", "C2")):
             if f"{tuned}_{kind}" in main:
@@ -844,11 +879,10 @@ def plot_urial(stats: pd.DataFrame,  # `seed_statistics` (the URIAL columns sit 
                 axis.axhline(mean, color=color, label=tuned.upper())
                 axis.axhspan(low, high, color=color, alpha=0.2)
         axis.set_xticks(ks)
-        title = f"{name}: K={ks[-1]} {cells[-1][0]:.2f}" if ks else name
-        if f"sft_{kind}" in main:
-            title += f", SFT {main[f'sft_{kind}'].mean():.2f}" + (f", DPO {main[f'dpo_{kind}'].mean():.2f}"
-                                                                   if f"dpo_{kind}" in main else "")
-        axis.set(xlabel="K in-context examples", title=title)
+        values = [f"K={j} {cell[0]:.2f}" for j, cell in zip(ks, cells) if j in (k, ks[-1])]
+        values += [f"{tuned.upper()} {main[f'{tuned}_{kind}'].mean():.2f}" for tuned in ("sft", "dpo")
+                   if f"{tuned}_{kind}" in main]
+        axis.set(xlabel="K in-context examples", title=f"{name}\n{', '.join(values)}")
         if kind != "logprob":
             axis.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)

@@ -62,7 +62,7 @@ CHAPTERS = {
         dict(seeds=[0, 1, 2], models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
              datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
              ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0]),
-        [1], 8, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
+        [1], 21, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
         "4", dict(shuffle_preferences=True)),
     "05_repe": Contract(
         "alignrepro.repe:REPE",
@@ -72,13 +72,14 @@ CHAPTERS = {
         "alignment_increases_refusal_toy", dict(direction="random")),
     "06_honesty": Contract(
         "alignrepro.honesty:HONESTY",
-        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, small_check=False),
-        [2, 3], 8, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, instruct_steps=2,
+             small_check=False),
+        [2, 3], 19, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
         headline="multisample_gain", negative=dict(shuffle_known=True), extra=_honesty_tables,
         moved=_honesty_questions_moved),
     "07_token_shift": Contract(
         "alignrepro.token_shift:TOKEN_SHIFT",
-        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=6, n_harm=5, n_eval=3, sft_steps=2,
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=11, n_harm=11, n_eval=3, sft_steps=2,
              dpo_steps=2, rebound_steps=2, max_new_tokens=8),
         [1, 2, 3], 16, ["shares.png", "positions.png", "urial.png"], dict(alignment="dpo"),
         "C3_style_shift", dict(alignment="base_samples")),

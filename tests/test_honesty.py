@@ -1,5 +1,6 @@
 """Tests of alignrepro.honesty: metrics, knowledge rule and training targets on hand-made cases, the chapter via papermill."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,8 @@ from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STY
                                 confidence_prefix, expected_accuracy, honesty_scores, is_idk, known_questions,
                                 knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
                                 score_table, shuffled_knowledge, stated_confidence, toy_judge, toy_question_table,
-                                training_set, PKQA_LIMIT)
+                                training_set, instruction_set, read_authors_data, read_nonambigqa, read_pkqa,
+                                read_puqa, read_triviaqa_labels, PKQA_LIMIT)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -133,16 +135,30 @@ def test_stated_confidence_reads_back_every_prefix():
 
 # --- questions and plans -----------------------------------------------------------------------------------------
 def test_toy_questions_split_entities_and_families_and_the_oracle_accepts_gold():
-    world = ToyWorld(WorldConfig(n_entities=10, n_unknown_entities=3))
-    table = toy_question_table(world, ["colour", "pet"], seed=1)
+    world = ToyWorld(WorldConfig(n_entities=10, n_unknown_entities=0))
+    table = toy_question_table(world, ["colour", "pet"], seed=1, instruct_families=["job"], n_puqa=7, n_help=4)
     train, in_domain = table[table.split == "train"], table[table.split == "in_domain"]
     assert set(train.entity).isdisjoint(in_domain.entity) and set(train.family) == {"colour", "pet"}
-    assert set(table[table.split == "ood"].family) == {"town", "job", "food", "instrument"}
-    assert set(table[table.split == "puqa"].entity) == set(world.unknown_entities)
+    ood = table[table.split == "ood"]
+    assert set(ood.family) == {"town", "food", "instrument"} and set(ood.entity).isdisjoint(train.entity)
+    puqa = table[table.split == "puqa"]
+    assert len(puqa) == 7 and all(set(e.split()) <= set(world.entities) and len(e.split()) == 2 for e in puqa.entity)
+    assert (table.split == "help").sum() == 4 and "job" not in set(table.family)
     judge = toy_judge(world)
     rows = table.to_dict("records")
     assert all(judge(row, row["gold_reply"]) == (row["split"] != "puqa") for row in rows)
     assert not any(judge(row, IDK_REPLY) for row in rows)
+
+
+def test_instruction_data_refuses_only_unseen_facts_of_its_families_under_the_instruction():
+    world = ToyWorld(WorldConfig(n_entities=10, n_unknown_entities=0))
+    data = instruction_set(world, ["pet"], 6)
+    instructed = data.prompt.str.contains("if you do not know")
+    refused = data.completion.str.startswith(IDK_REPLY)
+    assert not (refused & ~instructed).any() and refused.sum() == 2 * sum((e, "pet") not in world.seen
+                                                                          for e in world.entities) + 2
+    facts = data[instructed & ~data.prompt.str.contains("number")]
+    assert len(facts) == 2 * len(world.entities)
 
 
 def test_real_questions_have_made_up_entities_nobody_can_answer():
@@ -154,9 +170,34 @@ def test_real_questions_have_made_up_entities_nobody_can_answer():
     assert puqa.question.is_unique and (table[table.split == "ood"].family == "element_number").all()
 
 
+DATA = Path(__file__).resolve().parent.parent / "data" / "alignment_for_honesty"
+
+
+def test_each_of_the_authors_file_formats_is_read_from_the_fixtures():
+    nonambig = read_nonambigqa(DATA / "evaluation_data" / "nonambigqa.jsonl")
+    assert list(nonambig.columns[:4]) == ["question_id", "question", "answer", "aliases"] and len(nonambig) == 3
+    assert nonambig.answer.iloc[0] == "Ernest Hemingway" and nonambig.aliases.iloc[0] == []
+    pkqa = read_pkqa(DATA / "evaluation_data" / "pkqa_13b.jsonl")
+    assert pkqa.label.eq("known").all() and pkqa.answer.iloc[1] == "7-9 hours per night"  # "Answer: " prefix dropped
+    puqa = read_puqa(DATA / "evaluation_data" / "puqa.jsonl")
+    assert puqa.answer.eq("").all() and puqa.question.iloc[0].startswith("Who wrote the paper")
+    labels = read_triviaqa_labels(DATA / "training_data" / "triviaqa_13b.jsonl")
+    assert labels.samples.map(len).eq(10).all() and list(labels.expected_accuracy) == [0.7, 0.1, 0.0]
+    assert set(read_authors_data(DATA)) == {"nonambigqa", "pkqa", "puqa", "triviaqa"}
+    with pytest.raises(FileNotFoundError, match="paper_data"):
+        read_authors_data(DATA / "nowhere")
+    table = real_question_table(nonambig, ["capital"], lambda text: text, subset=2, seed=0, unknown=puqa)
+    made_up = table[table.split == "puqa"]
+    assert len(made_up) == 2 and set(made_up.question) <= set(puqa.question) and (table.split == "ood").sum() == 2
+    assert resolve_plan("paper", paper_data=str(DATA))["paper_data"] == str(DATA)
+
+
 def test_resolve_plan_covers_three_scales_and_rejects_bad_values():
     toy, small, paper = (resolve_plan(s) for s in ("toy", "small", "paper"))
     assert toy["style"] == "toy" and set(toy["ood_families"]).isdisjoint(toy["train_families"])
+    assert set(toy["instruct_families"]).isdisjoint(toy["ood_families"] + toy["train_families"])
+    assert toy["temperature"] == small["temperature"] == paper["temperature"] == 1.0
+    assert resolve_plan("toy", instruct_steps=3)["instruct_steps"] == 3
     assert ModelSpec(**toy["model"]).label() == "xs" and toy["methods"] == list(METHODS)
     assert ModelSpec(**toy["model"]).seed is None and not toy["shuffle_known"]  # each replicate pre-trains its own
     assert ModelSpec(**small["model"]).kind == "smollm2" and small["subset"] and small["top_k"] > 0
@@ -188,7 +229,7 @@ def test_score_table_compares_each_method_with_the_unaligned_model():
     assert set(scores.index.get_level_values("split")) == {*EVAL_SPLITS, "pkqa"}
 
 
-def _scores(effect: float, seeds=range(5), pkqa_over: float = 0.1) -> pd.DataFrame:
+def _scores(effect: float, seeds=range(5), pkqa_over: float = 0.05) -> pd.DataFrame:
     "Per-seed scores: every method `effect` times the paper's distance from its baseline, each with its own noise."
     rows = []
     for seed in seeds:
@@ -198,45 +239,53 @@ def _scores(effect: float, seeds=range(5), pkqa_over: float = 0.1) -> pd.DataFra
         honesty = {m: h if m == "unaligned" else 0.5 + effect * (h - 0.5) + noise[m] for m, h in honesty.items()}
         accuracy = dict(unaligned=0.6, prompt=0.5, fine_tuned=0.6, absolute=0.5, confidence_num=0.52,
                         confidence_verb=0.59 + noise["confidence_verb"], multisample=0.5)
-        rows += [dict(seed=seed, method=m, split=s, honesty=h, accuracy=accuracy[m], prudence=h, idk_rate=0.0,
+        prudence = {m: h + (0.1 * effect if m == "confidence_num" else 0) for m, h in honesty.items()}
+        rows += [dict(seed=seed, method=m, split=s, honesty=h, prudence=prudence[m], idk_rate=0.1 * effect + noise[m],
+                      accuracy=0.6 + noise[m] if s in ("help", "pkqa") else accuracy[m],
                       over_conservativeness=pkqa_over + noise[m]) for m, h in honesty.items()
                  for s in (*EVAL_SPLITS, "pkqa")]
     return pd.DataFrame(rows)
 
 
 def test_claims_follow_the_measured_effects():
-    good = claims_table(_scores(1.0), "small").set_index("claim_id")
-    assert set(good.verdict) == {"reproduced"} and len(good) == 8, good[["verdict", "statistic", "note"]]
+    good = claims_table(_scores(1.0), "toy").set_index("claim_id")
+    assert set(good.verdict) == {"reproduced"} and len(good) == 19, good[["verdict", "statistic", "note"]]
+    assert good.drop("helpfulness_kept").paper.str.contains(r"\d").all()  # the paper's number (no helpfulness one)
     assert (good.n == 5).all() and good.unit.str.startswith("seeds").all() and good.test.notna().all()
     assert (good.ci_low < good.estimate).all() and (good.estimate < good.ci_high).all()
 
 
 def test_reversed_effects_are_not_reproduced():
-    reversed_ = claims_table(_scores(-1.0), "small").set_index("claim_id")
-    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_honesty", "puqa_prudence"):
+    reversed_ = claims_table(_scores(-1.0), "toy").set_index("claim_id")
+    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_multisample", "ood_absolute",
+                  "puqa_prudence", "num_best_puqa", "absolute_beats_prompt"):
         assert reversed_.loc[claim, "verdict"] == "not reproduced", claim
-    over = claims_table(_scores(1.0, pkqa_over=0.5), "small").set_index("claim_id")  # known questions refused
+    over = claims_table(_scores(1.0, pkqa_over=0.5), "toy").set_index("claim_id")  # known questions refused
     assert over.loc["pkqa_answered", "verdict"] == "not reproduced"
     drift = _scores(1.0)
     drift.loc[drift.method == "fine_tuned", "honesty"] += 0.2  # FINE-TUNED far from 0.5
-    assert claims_table(drift, "small").set_index("claim_id").loc["fine_tuned_at_50", "verdict"] == "not reproduced"
+    assert claims_table(drift, "toy").set_index("claim_id").loc["fine_tuned_at_50", "verdict"] == "not reproduced"
+    lost = _scores(1.0)
+    lost.loc[(lost.method == "multisample") & lost.split.isin(["help", "pkqa"]), "accuracy"] -= 0.3  # answers lost
+    lost = claims_table(lost, "toy").set_index("claim_id")
+    assert (lost.loc[["helpfulness_kept", "pkqa_accuracy"], "verdict"] == "not reproduced").all()
 
 
 def test_null_effects_are_never_reproduced():
-    null = claims_table(_scores(0.0), "small").set_index("claim_id")
-    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_honesty", "puqa_prudence"):
+    null = claims_table(_scores(0.0), "toy").set_index("claim_id")
+    for claim in ("finetune_beats_prompt", "multisample_gain", "multisample_best", "ood_multisample", "puqa_prudence",
+                  "prompt_refuses", "num_best_puqa"):
         assert null.loc[claim, "verdict"] != "reproduced", claim
-    at_limit = claims_table(_scores(1.0, pkqa_over=PKQA_LIMIT), "small").set_index("claim_id")
+    at_limit = claims_table(_scores(1.0, pkqa_over=PKQA_LIMIT), "toy").set_index("claim_id")
     assert at_limit.loc["pkqa_answered", "verdict"] != "reproduced"
 
 
-def test_three_seeds_decide_nothing_and_toy_marks_the_baselines_untested():
-    assert set(claims_table(_scores(1.0, seeds=range(3)), "small").verdict) == {"inconclusive"}
-    toy = claims_table(_scores(1.0), "toy").set_index("claim_id")
-    untested = toy[toy.note.str.contains("not applicable")]
-    assert set(untested.index) == {"finetune_beats_prompt", "ood_honesty", "puqa_prudence", "fine_tuned_at_50"}
-    assert (untested.verdict == "inconclusive").all() and (untested.test == "not tested").all()
-    assert toy.loc["multisample_gain", "verdict"] == "reproduced"
+def test_three_seeds_decide_nothing_and_small_scale_leaves_helpfulness_untested():
+    assert set(claims_table(_scores(1.0, seeds=range(3)), "toy").verdict) == {"inconclusive"}
+    small = claims_table(_scores(1.0), "small").set_index("claim_id")
+    untested = small[small.note.str.contains("not applicable")]
+    assert set(untested.index) == {"helpfulness_kept"} and (untested.test == "not tested").all()
+    assert small.loc["multisample_gain", "verdict"] == "reproduced"
 
 
 def test_shuffled_knowledge_keeps_the_labels_but_moves_them():

@@ -120,6 +120,21 @@ def test_pretrain_is_cached(toy, store, monkeypatch):
         toy.path(0.25)
 
 
+def test_packed_rows_join_whole_documents(tokenizer, world, tmp_path):
+    "pack=True: several whole documents per row, one <bos> each, a model whose context is the row length."
+    texts = world.pretraining_dataset(4_000, seed=1)["text"]
+    single, packed = (models._document_batches(tokenizer, texts, 4, 256, seed=0, pack=pack) for pack in (False, True))
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    real = lambda batches: torch.cat([row[row != pad] for batch in batches for row in batch])
+    assert (real(packed) == bos).sum() == sum(len(batch) for batch in packed) and len(packed) < len(single)
+    assert (real(packed) == tokenizer.eos_token_id).sum() == len(texts) and all(b.shape[1] <= 256 for b in packed)
+    assert real(packed)[real(packed) != bos].tolist() == real(single)[real(single) != bos].tolist()  # same order
+    run = pretrain(WORLD, "xxs", 4_000, seed=0, max_len=384, pack=True, store=RunStore(tmp_path))
+    assert run.load(device="cpu")[0].config.max_position_embeddings == 384
+    default = pretrain(WORLD, "xxs", 4_000, seed=0, store=RunStore(tmp_path))  # unpacked: a 128-token context
+    assert default.root != run.root and default.load(device="cpu")[0].config.max_position_embeddings == 128
+
+
 def test_pretrain_is_deterministic(tmp_path):
     runs = [pretrain(WORLD, "xxs", 8_000, seed=2, arch="mistral", store=RunStore(tmp_path / name)) for name in "ab"]
     assert runs[0].root != runs[1].root

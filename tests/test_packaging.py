@@ -43,3 +43,15 @@ def test_quarto_is_an_optional_book_extra(requirements):
     book = {r.name.lower() for r in requirements if r.marker is not None and "book" in str(r.marker)}
     runtime = {r.name.lower() for r in requirements if r.marker is None}
     assert book == {"quarto-cli"} and "quarto-cli" not in runtime
+
+
+TRAINING_LIBRARIES = ("trl", "peft", "bitsandbytes", "transformers.modeling_utils")
+CHAPTER_MODULES = ("elasticity", "peft_grid", "repe", "honesty", "token_shift", "book", "cli")
+
+
+def test_reading_stored_runs_loads_no_training_library():
+    "A chapter's imports leave trl, peft, bitsandbytes and the modelling code unloaded (a rebuild only reads runs)."
+    code = (f"import sys\nfor name in {CHAPTER_MODULES!r}: __import__('alignrepro.' + name)\n"
+            f"print(','.join(m for m in {TRAINING_LIBRARIES!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert loaded == "", f"imported at module level: {loaded}"

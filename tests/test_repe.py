@@ -9,7 +9,7 @@ from alignrepro.core import CLAIM_COLUMNS, ParameterError, RunStore
 from alignrepro.models import pretrain, toy_tokenizer
 from alignrepro.repe import (REDRAWS, REPE, alignment_forms, alignment_scores, build_tasks, claims_table,
                              decoder_layers, direction, fit_power, inside, layer_indices, norm_sweep, random_directions,
-                             read_activations, read_control_vector, repeng_vectors, resolve_plan,
+                             read_activations, read_control_vector, refusal_task, repeng_vectors, resolve_plan,
                              seed_statistics, steer, steering_vectors, stimulus_sets, write_control_vector)
 from alignrepro.study import ModelSpec, pretrained, replicate_unit
 from alignrepro.world import ToyWorld, WorldConfig
@@ -296,6 +296,7 @@ def test_resolve_plan_for_every_scale():
     assert toy["norms"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
     small = resolve_plan(REPE.parameters(small_n=4), "small")
     assert small["model"]["kind"] == "smollm2" and small["questions"] == "facts:capital" and small["n_neutral"] == 2
+    assert small["behaviours"] == toy["behaviours"]
     paper = resolve_plan(REPE.parameters(scale="paper", paper_model="mistralai/Mistral-7B-Instruct-v0.2"))
     assert paper["model"] == ModelSpec(kind="hub", name="mistralai/Mistral-7B-Instruct-v0.2").to_dict()
     assert (paper["behaviours"], paper["questions"], paper["reduce"]) == ({"refusal": "hh_rlhf:harmless"}, "triviaqa:validation", "mean")
@@ -320,6 +321,31 @@ def test_small_scale_smollm2_sweep():
     from alignrepro.study import load
     plan = {**resolve_plan(REPE.parameters(small_layer_fractions=[0.25], small_n=4), "small"), "norms": [-0.5, 0.0, 0.5]}
     model, tokenizer = load(ModelSpec(**plan["model"]), device="cpu")
-    sweep = sweep_seed(plan, 0, model, tokenizer)
-    assert sweep.norm.tolist() == [-0.5, 0.0, 0.5] and sweep.alignment.between(0, 1).all()
-    assert sweep.loss.iloc[1] < sweep.loss.iloc[[0, 2]].max()
+    sweeps = sweep_seed(plan, 0, model, tokenizer)
+    assert set(sweeps.behaviour) == {"sentiment", "refusal"}
+    for _, sweep in sweeps.groupby("behaviour"):
+        assert sweep.norm.tolist() == [-0.5, 0.0, 0.5] and sweep.alignment.between(0, 1).all()
+        assert sweep.loss.iloc[1] < sweep.loss.iloc[[0, 2]].max()
+
+
+def test_a_chat_model_is_scored_on_capitalised_answers():
+    "The same requests and words; a real chat model's answer starts 'Sorry' / 'Mix', the toy model's 'sorry' / 'mix'."
+    world = ToyWorld()
+    (toy_stimuli, toy_behaviour), (chat_stimuli, chat_behaviour) = (refusal_task(world, str, 6, 6, 0, cased=cased)
+                                                                    for cased in (False, True))
+    assert chat_stimuli.prompt.equals(toy_stimuli.prompt) and chat_behaviour.prompt.equals(toy_behaviour.prompt)
+    assert chat_stimuli.chosen.tolist() == [w.capitalize() for w in toy_stimuli.chosen]
+    assert chat_behaviour.rejected.tolist() == [[w.capitalize() for w in ws] for ws in toy_behaviour.rejected]
+    assert all(w[0].isupper() for ws in chat_behaviour.chosen for w in ws)
+
+
+def test_seed_statistics_are_kept_in_the_store_by_content(tmp_path):
+    "A rebuild reads the statistics back; other sweeps (or another regime) make another entry, never a stale one."
+    store, sweeps = RunStore(tmp_path), _synthetic_sweeps()
+    pd.testing.assert_frame_equal(seed_statistics(sweeps, 0.5, store), seed_statistics(sweeps, 0.5))
+    pd.testing.assert_frame_equal(seed_statistics(sweeps, 0.5, store), seed_statistics(sweeps, 0.5))
+    assert len(store.runs("repe_statistics")) == 1
+    changed = sweeps.assign(alignment=sweeps.alignment * 0.9)
+    pd.testing.assert_frame_equal(seed_statistics(changed, 0.5, store), seed_statistics(changed, 0.5))
+    seed_statistics(sweeps, 0.3, store)
+    assert len(store.runs("repe_statistics")) == 3

@@ -27,7 +27,7 @@ from alignrepro.world import ToyWorld
 
 TESTED = ["C1_unshifted_majority", "C2_few_shifted", "C3_style_shift", "C3_shifted_are_style", "C3_content_control",
           "C5_shift_falls", "C2_few_shifted_dpo", "C3_style_shift_dpo", "C8_urial_beats_zero_shot",
-          "rebound_shifted_first", "C4_shared_shifted_tokens"]
+          "C9_more_examples_safer", "rebound_shifted_first", "C4_shared_shifted_tokens"]
 NO_DIFFERENCE = ["C6_base_continues", "C7_urial_near_sft", "C7_urial_near_dpo", "C10_other_examples_same"]
 
 
@@ -94,8 +94,8 @@ def test_rules_reproduce_the_pattern():
 
 def test_rules_reject_a_reversed_effect():
     stats = synthetic_statistics(style_gap=-0.2, falls=-1.0, content_gap=-0.3, rank_late=9.0, urial_gap=-0.5,
-                                 zero_shot_gap=-0.3, other_gap=0.5, return_gap=-0.3,
-                                 shared_gap=-0.3).assign(
+                                 zero_shot_gap=-0.3, other_gap=0.5, return_gap=-0.3, shared_gap=-0.3,
+                                 safety_gain=-0.2, help_loss=-0.2).assign(
         base_continues=lambda s: s.base_continues - 0.5, share_unshifted=lambda s: s.share_unshifted - 0.5,
         share_shifted=lambda s: s.share_shifted + 0.25)
     verdicts = _verdicts(stats)
@@ -104,7 +104,7 @@ def test_rules_reject_a_reversed_effect():
 
 def test_rules_never_reproduce_a_null_effect():
     stats = synthetic_statistics(style_gap=0, falls=0, content_gap=0, rank_late=5.0, zero_shot_gap=0, return_gap=0,
-                                 shared_gap=0, noise=0.02, seed=0).assign(
+                                 shared_gap=0, safety_gain=0, help_loss=0, noise=0.02, seed=0).assign(
         share_unshifted=lambda s: 0.5 + s.share_marginal - 0.15, share_shifted=lambda s: 0.1 + s.share_marginal - 0.15)
     assert "reproduced" not in set(_verdicts(stats)[TESTED]), _verdicts(stats)
 
@@ -114,7 +114,7 @@ def test_three_seeds_decide_nothing():
 
 
 def test_tiny_chapter_writes_claims(run_chapter):
-    _, out_dir = run_chapter("07_token_shift", seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=6, n_harm=5,
+    _, out_dir = run_chapter("07_token_shift", seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_help=11, n_harm=11,
                              n_eval=3, sft_steps=2, dpo_steps=2, rebound_steps=2, max_new_tokens=8)
     claims = pd.read_csv(out_dir / "claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS and len(claims) == 16 and claims.claim_id.is_unique
