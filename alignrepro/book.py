@@ -268,6 +268,12 @@ def _is_chapter(source: Path) -> bool:
                                    for c in json.loads(source.read_text())["cells"])
 
 
+def _expected_cost(source: Path) -> float:
+    "The cold cost a chapter declares in CPU seconds (notebook metadata `alignrepro.cost_s`, as measured); 0: none."
+    metadata = json.loads(source.read_text()).get("metadata", {}) if source.exists() else {}
+    return float(metadata.get("alignrepro", {}).get("cost_s", 0))
+
+
 def _failure_text(error: Exception) -> str:
     "The failing cell's error: papermill's ename/evalue and the traceback's last lines."
     lines = [f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"]
@@ -479,8 +485,8 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     log(f"{len(todo)} pages, chapters {jobs} at a time: " + ", ".join(page for _, page in todo))
     results = {}
     with ProcessPoolExecutor(jobs, mp_context=_page_processes(), max_tasks_per_child=1) as pool:
-        running = {}
-        for number, page in todo:
+        running = {}  # the costliest chapters start first, so that no core idles while the last one finishes
+        for number, page in sorted(todo, key=lambda item: -_expected_cost(project / "nbs" / item[1])):
             args = (project / "nbs" / page, out / page, {**(parameters or {}), "out_dir": str(out / Path(page).stem)},
                     project / "nbs")
             if _is_chapter(args[0]):  # a fresh process per chapter: its costs are its own

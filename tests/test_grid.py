@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from alignrepro.core import RunStore
-from alignrepro.grid import _code, grid_cells, run_grid
+from alignrepro.grid import code_fingerprint, grid_cells, run_grid
 
 SCRIPT = textwrap.dedent("""
     import sys, time
@@ -64,7 +64,7 @@ def test_submitit_local_executor_runs_missing_cells_in_parallel(tmp_path):
         return pd.DataFrame({"value": [cell["x"] ** 3], "pid": [os.getpid()]})
 
     cells = grid_cells({"study": "sub"}, {"x": [1, 2, 3]})
-    done = dict(cells[0], torch_threads=1, code=_code(cube))  # as a job keys it: one thread, the code of `cube`
+    done = dict(cells[0], torch_threads=1, code=code_fingerprint(cube))  # as a job keys it: one thread, the code of `cube`
     store.get_or_run(done, lambda: pd.DataFrame({"value": [1], "pid": [os.getpid()]}))
     table = run_grid(cells, cube, store, executor="submitit-local", max_parallel=2, log=lambda line: None)
     assert table.value.tolist() == [1, 8, 27]
@@ -154,6 +154,6 @@ def test_one_worker_and_two_workers_store_identical_results(tmp_path):
     pd.testing.assert_frame_equal(tables[1], tables[2])
     assert tables[1].checksum.nunique() == 3, "each seed must pre-train its own model"
     for cell in cells:  # the stored files themselves, cell by cell
-        keyed = {**cell, "torch_threads": 1, "code": _code(pretrained_cell)}
+        keyed = {**cell, "torch_threads": 1, "code": code_fingerprint(pretrained_cell)}
         pd.testing.assert_frame_equal(pd.read_parquet(stores[1].result_path(keyed)),
                                       pd.read_parquet(stores[2].result_path(keyed)))
