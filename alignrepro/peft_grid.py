@@ -28,7 +28,7 @@ from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, int_li
                              optional, save_figure, seed_everything, text)
 from .evaluate import completion_logprobs, sample
 from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
-from .grid import grid_cells
+from .grid import code_fingerprint, grid_cells
 from .study import Chapter, ModelSpec, load, pretrained, replicate_unit
 from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREAK_PREFIX, LETTERS, MC_INSTRUCTION, NUMBERS,
                               REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig)
@@ -39,10 +39,11 @@ __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES'
            'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS', 'pretrain_seed', 'resolve_plan',
            'model_table', 'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only',
            'preference_data', 'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data',
-           'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'benchmark_scores', 'checkpoint_steps',
-           'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells',
-           'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed',
-           'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot']
+           'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores',
+           'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell',
+           'design_cells', 'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference',
+           'per_seed', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
+           'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -372,6 +373,35 @@ def leaked_prompts(sets: dict[str, Dataset],  # `eval_sets`
     questions = {p.rsplit("<user>", 1)[-1].split("<assistant>")[0].strip() for rows in sets.values() for p in rows["prompt"]}
     texts = "\n".join(" ".join(str(v) for v in row.values()) for rows in training for row in rows)
     return sorted(q for q in questions if q in texts)
+
+def training_leaks(world_seed: int,  # the toy world's seed
+                   models: Sequence[str],  # the grid's models (instruct ones get instruction data)
+                   datasets: Sequence[str],  # preference sources
+                   preferences: Sequence[str],  # harmless, helpful, mix
+                   n_train: int,  # pairs per preference set
+                   instruct_steps: int,  # instruction-tuning steps (8 rows each)
+                   seeds: Sequence[int],  # replicates
+                   n_eval: int,  # questions per benchmark
+                   store: RunStore | None = None,  # keeps the check (a rebuild reads it back); None: computed each time
+                  ) -> pd.DataFrame:
+    """`leaked_prompts` over every training set the grid builds (the instruction data of each instruct model and seed,
+    the preference pairs of each source, preference, model and seed): one row, `questions` and `training_sets`
+    checked and the `leaked` questions (one per line; empty when none)."""
+    def check() -> pd.DataFrame:
+        world = ToyWorld(WorldConfig(seed=world_seed))
+        training = [instruction_data(world, instruct_steps * 8, m, seed=s) for m in models if m.endswith("instruct")
+                    for s in seeds]
+        training += [preference_data(world, d, p, n_train, m, seed=s) for d in datasets for p in preferences
+                     for m in models for s in seeds]
+        sets = eval_sets(world, n_eval)
+        return pd.DataFrame(dict(questions=[sum(len(rows) for rows in sets.values())], training_sets=[len(training)],
+                                 leaked=["\n".join(leaked_prompts(sets, training))]))
+    if store is None:
+        return check()
+    key = dict(study="peft_grid_leaks", world_seed=world_seed, models=list(models), datasets=list(datasets),
+               preferences=list(preferences), n_train=n_train, instruct_steps=instruct_steps, seeds=list(seeds),
+               n_eval=n_eval, code=code_fingerprint(training_leaks))
+    return store.get_or_run(key, check)
 
 # %% ../nbs/04a_peft_grid.ipynb #6212976a
 def _choice_logprobs(model, tokenizer, prompts: list[str], candidates: list[list[str]]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ from alignrepro.grid import run_grid
 from alignrepro.peft_grid import (BENCHMARKS, CLAIM_IDS, DATASETS, DEFAULTS, MODELS, PAPER_MODELS, PEFT_GRID, PREFERENCES,
                                   benchmark_leaks, checkpoint_steps, claims_table, design_cells, eval_sets, grid_plan,
                                   instruction_data, leaked_prompts, preference_data, resolve_plan, score_table,
-                                  training_pairs)
+                                  training_leaks, training_pairs)
 from alignrepro.study import ModelSpec
 from alignrepro.world import ToyWorld
 
@@ -208,3 +208,14 @@ def test_all_four_merge_cell_trains_both_datasets_adapters(tmp_path):
     assert adapters == {(d, p) for d in ("beavertails", "hh-rlhf") for p in ("harmless", "helpful")}
 
 
+
+
+def test_the_grids_leak_check_is_kept_in_the_store(tmp_path):
+    "A rebuild reads the check back (it rebuilds every training set otherwise); other arguments are another entry."
+    args, store = (0, ["llama-instruct", "llama-base"], ["hh-rlhf"], ["harmless"], 8, 2, [0], 8), RunStore(tmp_path)
+    first = training_leaks(*args, store=store)
+    pd.testing.assert_frame_equal(first, training_leaks(*args))
+    pd.testing.assert_frame_equal(training_leaks(*args, store=store), first)
+    assert (first.training_sets.iloc[0], first.leaked.iloc[0]) == (3, "") and first.questions.iloc[0] > 0
+    training_leaks(*args[:-1], 6, store=store)
+    assert len(store.runs("peft_grid_leaks")) == 2
