@@ -32,8 +32,8 @@ from .core import CLAIM_COLUMNS
 # %% auto #0
 __all__ = ['GENERATED_PAGES', 'VERDICT_COLOURS', 'VERDICT_MEANING', 'find_project', 'book_outline', 'book_pages',
            'strip_directives', 'clean_outputs', 'claims_summary', 'forest_plot', 'claims_page', 'api_page',
-           'PageResult', 'run_page', 'apply_cell_options', 'render_nbconvert', 'render_quarto', 'BookResult',
-           'build_book', 'readme_text']
+           'PageResult', 'chapter_cost', 'run_page', 'apply_cell_options', 'render_nbconvert', 'render_quarto',
+           'BookResult', 'build_book', 'readme_text']
 
 # %% ../nbs/07_book.ipynb #e7e41e40
 GENERATED_PAGES = ("claims.ipynb", "api.ipynb")
@@ -262,16 +262,15 @@ class PageResult:
     peak_mib: float = 0.0  # the largest resident set among them (right when the page ran in a fresh process)
 
 
-def _is_chapter(source: Path) -> bool:
-    "Whether the page is a chapter (a cell tagged `parameters`), read as plain JSON."
-    return source.exists() and any("parameters" in c.get("metadata", {}).get("tags", [])
-                                   for c in json.loads(source.read_text())["cells"])
-
-
-def _expected_cost(source: Path) -> float:
-    "The cold cost a chapter declares in CPU seconds (notebook metadata `alignrepro.cost_s`, as measured); 0: none."
-    metadata = json.loads(source.read_text()).get("metadata", {}) if source.exists() else {}
-    return float(metadata.get("alignrepro", {}).get("cost_s", 0))
+def chapter_cost(source: Path) -> float | None:
+    """The cold cost in CPU seconds that a chapter declares (notebook metadata `alignrepro.cost_s`, as measured;
+    0 when it declares none), or None when the page is not a chapter (no cell tagged `parameters`)."""
+    if not source.exists():
+        return None
+    notebook = json.loads(source.read_text())
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in notebook["cells"]):
+        return None
+    return float(notebook.get("metadata", {}).get("alignrepro", {}).get("cost_s", 0))
 
 
 def _failure_text(error: Exception) -> str:
@@ -292,7 +291,7 @@ def run_page(source: Path,  # the page's notebook in nbs/
     start, before = time.time(), [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     if not source.exists():
         return PageResult(source.name, "missing")
-    if not _is_chapter(source):
+    if chapter_cost(source) is None:
         shutil.copyfile(source, dest)
         return PageResult(source.name, "copied", time.time() - start)
     try:
@@ -486,10 +485,11 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     results = {}
     with ProcessPoolExecutor(jobs, mp_context=_page_processes(), max_tasks_per_child=1) as pool:
         running = {}  # the costliest chapters start first, so that no core idles while the last one finishes
-        for number, page in sorted(todo, key=lambda item: -_expected_cost(project / "nbs" / item[1])):
+        costs = {page: chapter_cost(project / "nbs" / page) for _, page in todo}
+        for number, page in sorted(todo, key=lambda item: -(costs[item[1]] or 0)):
             args = (project / "nbs" / page, out / page, {**(parameters or {}), "out_dir": str(out / Path(page).stem)},
                     project / "nbs")
-            if _is_chapter(args[0]):  # a fresh process per chapter: its costs are its own
+            if costs[page] is not None:  # a fresh process per chapter: its costs are its own
                 running[pool.submit(run_page, *args)] = (number, page)
             else:  # a plain page is copied here
                 results[page] = run_page(*args)
