@@ -444,7 +444,7 @@ def neutral_texts(world: ToyWorld,  # the toy world (its everyday filler sentenc
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/repe", toy_size="s", toy_tokens=100_000,
                 toy_model_seed=None, method="mean", direction="read", layer_fractions=[0.0],
                 norms=[-2.0, -1.0, -0.5, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.0],
-                small_norm=0.25, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16, small_model=None,
+                small_norm=0.25, n_stimuli=64, n_behaviour=32, n_questions=48, n_neutral=16,
                 small_layer_fractions=[0.2, 0.25, 0.3, 0.35], small_norms=[-0.5, -0.25, -0.1, -0.05, 0.0, 0.05, 0.1, 0.25, 0.5],
                 small_regime=0.25, small_n=48, paper_model="meta-llama/Llama-2-7b-chat-hf", hub_data=None, batch_size=32, cpu_threads=1,
                 executor="pool", max_parallel=None)
@@ -458,7 +458,7 @@ RULES = {**COMMON_RULES,
                        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),
          "small_norm": number(lo=0, integer=False), "n_stimuli": number(lo=2, integer=True),
          "n_behaviour": number(lo=2, integer=True), "n_questions": number(lo=2, integer=True),
-         "n_neutral": number(lo=1, integer=True), "small_model": optional(one_of("smollm2")),
+         "n_neutral": number(lo=1, integer=True),
          "small_layer_fractions": number_list(1, lo=0, hi=1), "small_norms": number_list(5), "small_regime": number(lo=0),
          "small_n": number(lo=2, integer=True), "paper_model": text(), "hub_data": optional(text()), "batch_size": number(lo=1, integer=True),
          "cpu_threads": optional(number(lo=1, integer=True))}

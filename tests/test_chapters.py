@@ -67,7 +67,7 @@ CHAPTERS = {
     "05_repe": Contract(
         "alignrepro.repe:REPE",
         dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=3000, n_stimuli=6, n_behaviour=6, n_questions=6, n_neutral=3,
-             small_model=None, norms=[-1.0, -0.25, -0.1, 0.0, 0.1, 0.25, 1.0]),
+             norms=[-1.0, -0.25, -0.1, 0.0, 0.1, 0.25, 1.0]),
         [3, 4, 5], 14, ["tradeoff_sentiment_toy.png", "tradeoff_refusal_toy.png"], dict(method="median", small_norm=0.05),
         "alignment_increases_refusal_toy", dict(direction="random")),
     "06_honesty": Contract(
