@@ -32,24 +32,28 @@ from .world import ToyWorld, WorldConfig, sentiment_score
 
 # %% auto #0
 __all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 'PRETRAIN_BATCH', 'PRETRAIN_LR',
-           'PRETRAINED_PAIR', 'REPLICATES', 'RUN_KEYS', 'REDRAWS', 'NO_VALUES', 'TRACKING_THRESHOLD', 'THEORY_RANGE',
-           'CROSSING_RANGE', 'logit', 'crossing_point', 'initial_slope', 'fit_knee', 'resolve_plan', 'spec_label',
-           'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData', 'sentiment_data', 'behaviour_probe',
-           'reversed_data', 'preference_pairs', 'rebound_run', 'rebound_experiments', 'rebound_replicate',
-           'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data', 'resistance_replicate',
-           'resistance_gaps', 'strength_cells', 'strength_replicate', 'experiment_runs', 'run_replicate', 'grid_plan',
-           'curve_summary', 'strength_summary', 'censored', 'censored_crossings', 'strength_map', 'elasticity_claims',
-           'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_variants', 'plot_strength_map', 'plot_trends',
-           'plot_theory', 'negatives_table', 'closing_text']
+           'PRETRAINED_PAIR', 'REPLICATES', 'RUN_KEYS', 'REDRAWS', 'NO_VALUES', 'NO_CONTROLS', 'TRACKING_THRESHOLD',
+           'THEORY_RANGE', 'CROSSING_RANGE', 'logit', 'crossing_point', 'initial_slope', 'fit_knee', 'resolve_plan',
+           'spec_label', 'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData', 'sentiment_data',
+           'behaviour_probe', 'reversed_data', 'preference_pairs', 'rebound_run', 'rebound_experiments',
+           'rebound_replicate', 'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data',
+           'resistance_replicate', 'resistance_gaps', 'strength_cells', 'strength_replicate', 'experiment_runs',
+           'run_replicate', 'grid_plan', 'curve_summary', 'strength_summary', 'censored', 'censored_crossings',
+           'strength_map', 'elasticity_claims', 'strength_text', 'plot_resistance', 'plot_rebound', 'plot_controls',
+           'plot_variants', 'plot_strength_map', 'plot_trends', 'plot_theory', 'negatives_table', 'closing_text']
 
 # %% ../nbs/03a_elasticity.ipynb #36c3926c
 SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
     "toy": dict(sizes=["xxs", "xs", "s"],  # "m" left out: at 16k tokens it ended under-trained (a worse loss than "s")
                 n_pos=[32, 128, 512], n_neg=[0, 8, 16, 32, 48, 64, 96, 128, 192, 256],
-                lr=5e-4, peft="none", score="share"),
-    "small": dict(model="smollm2", n_pos=[16, 64], n_neg=[0, 8, 16, 24, 32, 48], lr=2e-4, peft="lora", score="share"),
+                lr=5e-4, peft="none", score="share", resist_n=96, resist_prompts=48),
+    # small: in a first one-seed run on [0 .. 48] negatives the curves still sped up at the end and the DPO and reversed
+    # runs had not reached the pre-trained score: the grid was extended to 192; N_pos 48 (not 64) and 48 / 24 resistance examples / prompts keep 5 seeds within 30 CPU minutes
+    "small": dict(model="smollm2", n_pos=[16, 48], n_neg=[0, 16, 32, 64, 96, 128, 192], lr=2e-4, peft="lora", score="share",
+                  resist_n=48, resist_prompts=24),
     "paper": dict(model="meta-llama/Llama-2-7b-hf", n_pos=[1000, 2000, 5000, 10000],
-                  n_neg=[0, 100, 200, 500, 1000, 2000], lr=None, peft="none", score="text_score",
+                  n_neg=[0, 100, 200, 500, 1000, 2000], lr=None, peft="none", score="text_score", resist_n=96,
+                  resist_prompts=48,
                   size_models=["Qwen/Qwen1.5-0.5B", "Qwen/Qwen1.5-4B", "Qwen/Qwen1.5-7B"],
                   token_models={"TinyLlama/TinyLlama-1.1B-intermediate-step-955k-token-2T": 2.0e12,
                                 "TinyLlama/TinyLlama-1.1B-intermediate-step-1195k-token-2.5T": 2.5e12,
@@ -61,7 +65,7 @@ DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/elasticity", e
                 pretrain_tokens=16_000, pretrain_per_seed=True, token_fractions=[0.25, 0.5, 1.0],
                 k_fractions=[0.03, 0.1, 0.3, 1.0], k_n_pos=2, map_lrs=[1e-4, 2.2e-4, 5e-4], map_epochs=[1, 2], pos_share=0.7,
                 control_pos_share=0.3, review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8,
-                kl_threshold=0.05, resist_n=96, resist_prompts=48, n_eval=32, theory_points=4, hub_data=None,
+                kl_threshold=0.05, resist_n=None, resist_prompts=None, n_eval=32, theory_points=4, hub_data=None,
                 size_models=None, token_models=None, token_counts=None, sentiment_classifier=None)
 
 
@@ -85,7 +89,7 @@ RULES = {**COMMON_RULES,
                                  lambda v: len(v) >= 5 and all(isinstance(x, int) for x in v) and _sorted_with_zero(v))),
          "lr": optional(number(lo=0, hi=1)), "pos_epochs": number(lo=1, integer=True),
          "batch_size": number(lo=1, integer=True), "kl_threshold": number(lo=0),
-         "resist_n": number(lo=6, integer=True), "resist_prompts": number(lo=4, integer=True),
+         "resist_n": optional(number(lo=6, integer=True)), "resist_prompts": optional(number(lo=4, integer=True)),
          "n_eval": number(lo=4, integer=True), "theory_points": number(lo=2, integer=True),
          "hub_data": optional(text()), "size_models": optional(Rule("a list of at least 2 hub names or folders",
                                                                      lambda v: isinstance(v, list) and len(v) >= 2)),
@@ -219,7 +223,7 @@ def resolve_plan(params: dict  # checked chapter parameters (`ELASTICITY.paramet
     pick = lambda name: params[name] if params[name] is not None else defaults[name]
     plan = dict(scale=scale, n_pos=pick("n_pos"), n_neg=pick("n_neg"), peft=defaults["peft"], score=defaults["score"],
                 batch_size=params["batch_size"], pos_epochs=params["pos_epochs"], n_eval=params["n_eval"],
-                review_share=params["review_share"], resist_n=params["resist_n"], resist_prompts=params["resist_prompts"],
+                review_share=params["review_share"], resist_n=pick("resist_n"), resist_prompts=pick("resist_prompts"),
                 k_n_pos=params["k_n_pos"], map_lrs=params["map_lrs"], map_epochs=params["map_epochs"],
                 theory_points=params["theory_points"],
                 token_counts=_token_counts(params, defaults))
@@ -463,10 +467,10 @@ def rebound_run(model,  # the pre-trained model (left unchanged)
                 bpt: bool = True,  # measure bits per token, at the first `theory_points` of the grid (all the theory reads)
                ) -> pd.DataFrame:
     """The scores of one run at every N_neg, with the pre-trained model's scores as `base_*` columns. Text is sampled
-    and scored beyond toy scale only."""
+    and scored only where it is the plan's score (paper scale)."""
     seed_everything(seed)
     data = reversed_data(data) if variant == "reversed" else data
-    text = plan["scale"] != "toy"
+    text = plan["score"] == "text_score"
     base = behaviour_probe(model, tokenizer, None, data, text=text, bpt=False)
     positives, n_neg = data.positive(n_pos, seed), plan["n_neg"]
     if variant == "dpo":
@@ -521,7 +525,7 @@ def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
                       store: RunStore,  # where models and results live
                      ) -> pd.DataFrame:
     """One seed's rebound curves of every experiment of the plan, with `experiment`, `model` and `variant` columns. Only the
-    main model's SFT runs measure KL, and only they and the k sweep's measure bits per token: no claim reads them
+    main model's SFT runs measure KL, and only they and the k sweep's measure bits per token (where the plan has a k sweep): no claim reads them
     elsewhere."""
     plan, seed, runs = cell["plan"], cell["seed"], []
     for spec, wanted in _rebound_models(plan):
@@ -530,7 +534,7 @@ def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
         share = ModelSpec(**spec).world_config().sentiment_pos_share if spec["kind"] == "toy" else float("nan")
         main, sweep = spec == plan["models"]["main"], spec in plan["models"]["k_sweep"]  # KL read on main, bpt on the sweep
         runs += [rebound_run(model, tokenizer, data, n, plan, seed, variant, kl=main and variant == "sft",
-                             bpt=(main or sweep) and variant == "sft").assign(
+                             bpt=(main or sweep) and variant == "sft" and bool(plan["models"]["k_sweep"])).assign(
             params=model.num_parameters(), pretrain_tokens=_pretrain_tokens(plan, spec), model=spec_label(spec),
             pos_share=share) for n, variant in wanted]
     curves = pd.concat(runs, ignore_index=True)
@@ -799,6 +803,8 @@ REDRAWS = "alignment data and order"  # what a seed re-draws besides pre-trainin
 
 
 NO_VALUES = "no per-seed value: runs missing at this scale, or too few distinct values"
+NO_CONTROLS = ("the controls need models pre-trained from scratch (another pre-training share, never pre-trained): "
+               "toy scale only")
 
 
 def _effect(values: list[float], expected: str = "positive", threshold: float = 0.0) -> ClaimResult:
@@ -918,17 +924,19 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
     slow = _per_seed(main, lambda g: float(np.log10(g.slowdown).mean()))
     below = _per_seed(main, lambda g: float((logit(g.base_score) - logit(g.end_score)).mean()))
     track, never = _tracking(summary), _no_knee(summary)
-    crossed = main.crossing.notna()
-    rebound = all_of({"fast then slow (log10 slow-down > 0)": _effect(slow),
-                      "ends below the pre-trained score (log-odds gap > 0)": _effect(below),
-                      f"knee moves with the pre-training share (> {TRACKING_THRESHOLD})": _effect(track, "positive", TRACKING_THRESHOLD),
+    crossed, controlled = main.crossing.notna(), scale == "toy"  # the controls exist at toy scale only
+    parts = {"fast then slow (log10 slow-down > 0)": _effect(slow), "ends below the pre-trained score (log-odds gap > 0)": _effect(below)}
+    if controlled:
+        parts.update({f"knee moves with the pre-training share (> {TRACKING_THRESHOLD})": _effect(track, "positive", TRACKING_THRESHOLD),
                       "never-pre-trained control slows less (log10 slow-down gap > 0)": _effect(never)})
+    rebound = all_of(parts)
     rows.append(row("rebound", "After positive tuning, negative tuning drops the score fast to below the pre-trained model's, then slows; and the controls read it as a pull toward pre-training (the knee moves with the pre-training share; a never-pre-trained model slows less).",
                     "falls below the pre-trained score after ~500-1000 negatives, then flattens",
                     f"all of four per-seed statistics: slow-down {10 ** np.mean(slow) if slow else float('nan'):.3g}x "
                     f"(geometric mean), end below the pre-trained score by {_fmt(below)} log-odds, knee tracking "
                     f"{_fmt(track)}, slow-down gap to never pre-trained {_fmt(never)}; {int(crossed.sum())}/{len(main)} "
-                    f"runs cross the pre-trained score, median at N_neg {main.crossing.median():.0f}", rebound))
+                    f"runs cross the pre-trained score, median at N_neg {main.crossing.median():.0f}"
+                    + ("" if controlled else f"; the paper's two parts only ({NO_CONTROLS})"), rebound))
     ratio = _per_seed(main, lambda g: float(np.log10(np.maximum(g.crossing_c, 1) / (g.n_pos * pos_epochs)).mean()))
     low, high = CROSSING_RANGE
     rows.append(row("rebound_crossing", "The score falls below the pre-trained model's after a number of negatives comparable to the paper's, scaled by the positive examples seen.",
@@ -969,10 +977,12 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                     "implied by the compression account; not tested in the paper",
                     "per seed, the knee's log-odds move over the pre-trained level's move, main vs the other "
                     f"pre-training share (1: follows it, 0: does not; threshold {TRACKING_THRESHOLD}), {where}",
-                    _effect(_tracking(gentle) if len(gentle) else track, "positive", TRACKING_THRESHOLD)))
+                    _effect(_tracking(gentle) if len(gentle) else track, "positive", TRACKING_THRESHOLD)
+                    if controlled else untested(NO_CONTROLS)))
     rows.append(row("no_knee_without_pretraining", "A model never pre-trained shows a weaker knee than a pre-trained one (control).",
                     "implied by the compression account; not tested in the paper",
-                    "per seed, log10 slow-down of the pre-trained minus the never-pre-trained model (> 0)", _effect(never)))
+                    "per seed, log10 slow-down of the pre-trained minus the never-pre-trained model (> 0)",
+                    _effect(never) if controlled else untested(NO_CONTROLS)))
     for claim_id, frame, x, what, paper in [
             ("size_faster", sizes, "params", "Larger models", "Qwen 0.5B / 4B / 7B cross after ~700 / 450 / 350 negatives"),
             ("data_faster", tokens, "pretrain_tokens", "Models pre-trained on more tokens",
@@ -1001,6 +1011,25 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                     all_of({f"slope > {low:g}": _effect(theory, "positive", low),
                             f"slope < {high:g}": _effect(theory, "negative", high)})))
     return pd.DataFrame(rows)
+
+# %% ../nbs/03a_elasticity.ipynb #856d4ce1
+def strength_text(table: pd.DataFrame  # `strength_map` rows
+                 ) -> str:
+    "What the alignment-strength map shows, in words computed from its cells (the chapter's prose reads it)."
+    cell = lambda r: f"lr {r.lr:g}, {r.epochs:g} epoch{'s' if r.epochs > 1 else ''}"
+    interval = lambda r, name: f"{r[name]:.2f} [{r[f'{name}_low']:.2f}, {r[f'{name}_high']:.2f}]"
+    tracks, knees = table[table.tracking_verdict == "reproduced"], table[table.never_knee_verdict == "reproduced"]
+    best = table.loc[table.tracking.idxmax()]
+    where = f" ({'; '.join(cell(r) for _, r in tracks.iterrows())})" if len(tracks) else ""
+    text = (f"The knee tracks the pre-training share (tracking ratio's interval above {TRACKING_THRESHOLD}) in {len(tracks)} of "
+            f"{len(table)} cells{where}. The ratio is highest at {cell(best)}: {interval(best, 'tracking')}, after a lift "
+            f"by alignment of {best.lift:.2f} log-odds. ")
+    if table.lift.nunique() > 2 and table.tracking.notna().sum() > 2:
+        rho = float(table[["lift", "tracking"]].corr(method="spearman").iloc[0, 1])
+        text += (f"Across the cells the ratio {'falls' if rho < 0 else 'rises'} as the lift grows (Spearman rho "
+                 f"{rho:.2f} over {len(table)} cells). ")
+    return text + (f"The never-pre-trained model has a knee too (log10 slow-down above 0) in {len(knees)} of {len(table)} "
+                   "cells: where it does, a knee is no evidence of a pull toward pre-training.")
 
 # %% ../nbs/03a_elasticity.ipynb #377ab9df
 def plot_resistance(runs: pd.DataFrame,  # `experiment_runs(..., 'resistance', ...)` rows of every seed
