@@ -35,19 +35,19 @@ from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREA
 
 # %% auto #0
 __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
-           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'EVAL_TOPICS',
-           'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS', 'pretrain_seed', 'resolve_plan',
-           'model_table', 'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only',
-           'preference_data', 'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data',
-           'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores',
-           'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell',
-           'design_cells', 'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference',
-           'per_seed', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
-           'merge_plot']
+           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE', 'INSTRUCT_LR', 'DEFAULTS',
+           'RULES', 'PEFT_GRID', 'EVAL_TOPICS', 'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS',
+           'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'heldout_entities', 'topic_of',
+           'benchmark_leaks', 'training_only', 'preference_data', 'source_table', 'shuffle_labels', 'training_pairs',
+           'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts',
+           'training_leaks', 'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients',
+           'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores',
+           'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'claim_unit', 'claims_table', 'score_heatmap',
+           'method_gap_heatmap', 'quantity_plot', 'merge_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
-SPLIT = "heldout-v3"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
+SPLIT = "heldout-v4"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
 MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct")  # toy mirrors of the paper's four
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
@@ -61,6 +61,17 @@ BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out task
               "alpaca": "win rate vs reference answers", "toxicity": "1 - P(harmful answer) on harmful requests",
               "redinstruct": "1 - P(harmful answer) behind a jailbreak prefix"}
 HELPFUL, HARMLESS = ("mmlu", "bbh", "alpaca"), ("toxicity", "redinstruct")
+
+WORLD = dict(helpfulness_shares=[0.1, 0.6, 0.3])  # calibrated: pre-training answers fact questions mostly tersely
+# or wrongly (the default world: 40% detailed), so a base model is terse and instruction tuning has detail to teach
+PRETRAIN_RECIPE = dict(batch_size=16)  # calibrated: 4x as many pre-training steps of a quarter the rows (the same
+# tokens, about the same time): the xs models learn the world's facts (batch 64: MMLU-like near chance)
+INSTRUCT_LR = 5e-4  # calibrated: the instruct stage's full SFT keeps the pre-trained facts (2e-3 erased them)
+
+def chapter_world(world_seed: int,  # the toy world's seed
+                 ) -> WorldConfig:
+    "The chapter's toy world: the default world of that seed with `WORLD`'s shares."
+    return WorldConfig(seed=world_seed, **WORLD)
 
 def _family(model: str) -> str:
     return model.split("-")[0]
@@ -143,8 +154,8 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
     if scale == "small":
         return dict(scale=scale, device="cpu", models={"smollm2-instruct": dict(spec=ModelSpec(kind="smollm2").to_dict())},
                     data=data, recipes=recipes, ranks=None)
-    base = lambda m: ModelSpec(size=size, arch=_family(m), world=dict(seed=world_seed), n_tokens=pretrain_tokens,
-                               seed=pretrain_seed(_family(m), seed)).to_dict()
+    base = lambda m: ModelSpec(size=size, arch=_family(m), world=dict(seed=world_seed, **WORLD), n_tokens=pretrain_tokens,
+                               seed=pretrain_seed(_family(m), seed), recipe=dict(PRETRAIN_RECIPE)).to_dict()
     resolved = {m: dict(spec=base(m)) if m.endswith("base") else dict(base=base(m), instruct_steps=instruct_steps)
                 for m in (models or MODELS)}
     return dict(scale=scale, device="cpu", models=resolved, data=data, recipes=recipes, ranks=None)
@@ -316,13 +327,13 @@ def instruct_sibling(base: ModelSpec,  # the toy base model's spec
                     ) -> Path:
     "The folder of an 'instruct' sibling: the base after `steps` of full SFT on the instruction mix; built once."
     params = dict(study=f"{STUDY}_instruct", world=asdict(base.world_config()),
-                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps, split=SPLIT,
+                  base=str(pretrained(base, store).path().relative_to(store.root)), model=model, steps=steps, lr=INSTRUCT_LR, split=SPLIT,
                   data_seed=base.seed)  # the instruction data and order are re-drawn with the base model
 
     def build(folder: Path) -> None:
         network, tokenizer = load(base, store)
         data = instruction_data(ToyWorld(base.world_config()), steps * 8, model, seed=base.seed)
-        recipe = preset("cpu_sft", max_steps=steps, learning_rate=2e-3, seed=base.seed, data_seed=base.seed)
+        recipe = preset("cpu_sft", max_steps=steps, learning_rate=INSTRUCT_LR, seed=base.seed, data_seed=base.seed)
         tuned, _ = sft(network, tokenizer, data, recipe, peft="none")
         tuned.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -351,19 +362,21 @@ def eval_sets(world: ToyWorld,  # the toy world
               seed: int = 0,  # which evaluation sample (fixed across runs so they are paired)
              ) -> dict[str, Dataset]:
     """The five benchmark stand-ins, on held-out people and requests only (`heldout_entities`, `EVAL_TOPICS`):
-    lettered questions on seen facts, number tasks after `BBH_SHOTS` solved ones, help prompts with reference answers,
+    lettered questions on seen facts, number tasks after `BBH_SHOTS` solved ones of the same task, help prompts with reference answers,
     and harmful requests (plain and behind the jailbreak prefix) with their safe and harmful answers."""
     people = heldout_entities(world)
-    shots = world.heldout_task(BBH_SHOTS, seed=seed + 1)
-    solved = " ".join(f"{p} {c}" for p, c in zip(shots["prompt"], shots["completion"]))
-    tasks = _first_rows(lambda k: world.heldout_task(k, seed=seed), lambda row: row["prompt"] not in shots["prompt"], n)
+    shots = {task: _first_rows(lambda k: world.heldout_task(k, seed=seed + 1), lambda row: row["task"] == task, BBH_SHOTS)
+             for task in HELDOUT_TASKS}  # each task its own solved examples, as each BBH task has its own 3 shots
+    solved = {task: " ".join(f"{p} {c}" for p, c in zip(rows["prompt"], rows["completion"])) for task, rows in shots.items()}
+    shown = {p for rows in shots.values() for p in rows["prompt"]}
+    tasks = _first_rows(lambda k: world.heldout_task(k, seed=seed), lambda row: row["prompt"] not in shown, n)
     lettered = world.multiple_choice(seed=seed).filter(lambda row: row["seen"] and row["entity"] in people)
     asked = _first_rows(lambda k: world.helpfulness_prompts(k, seed=seed), lambda row: row["entity"] in people, n)
     harmful = _first_rows(lambda k: world.safety_preferences(k, seed=seed, quality="informative", label_noise=0.0,
                                                              multi_turn=False),
                           lambda row: topic_of(row["prompt"]) in EVAL_TOPICS and bool(set(row["prompt"].split()) & people), n)
     jailbroken = harmful.map(lambda row: {"prompt": _jailbroken(row["prompt"])})
-    return dict(mmlu=lettered.shuffle(seed=seed).select(range(n)), bbh=tasks.map(lambda row: {"prompt": f"{solved} {row['prompt']}"}), alpaca=asked,
+    return dict(mmlu=lettered.shuffle(seed=seed).select(range(n)), bbh=tasks.map(lambda row: {"prompt": f"{solved[row['task']]} {row['prompt']}"}), alpaca=asked,
                 toxicity=harmful, redinstruct=jailbroken)
 
 def leaked_prompts(sets: dict[str, Dataset],  # `eval_sets`
@@ -388,7 +401,7 @@ def training_leaks(world_seed: int,  # the toy world's seed
     the preference pairs of each source, preference, model and seed): one row, `questions` and `training_sets`
     checked and the `leaked` questions (one per line; empty when none)."""
     def check() -> pd.DataFrame:
-        world = ToyWorld(WorldConfig(seed=world_seed))
+        world = ToyWorld(chapter_world(world_seed))
         training = [instruction_data(world, instruct_steps * 8, m, seed=s) for m in models if m.endswith("instruct")
                     for s in seeds]
         training += [preference_data(world, d, p, n_train, m, seed=s) for d in datasets for p in preferences
@@ -494,7 +507,7 @@ def train_adapter(cell: dict,  # an adapter cell of the grid (model, data, prefe
     def build(folder: Path) -> None:
         plan = _plan(cell)
         model, tokenizer = load(start_spec(plan, cell["model"], store), store, device=plan["device"])
-        pairs = training_pairs(plan, ToyWorld(WorldConfig(seed=cell["world_seed"])), cell["data"], cell["preference"],
+        pairs = training_pairs(plan, ToyWorld(chapter_world(cell["world_seed"])), cell["data"], cell["preference"],
                                cell["n_train"], cell["model"], seed=cell["seed"], shuffle=cell["shuffle_preferences"])
         recipe = _recipe(plan, cell["method"], cell["seed"], cell["rank"])
         saver = _adapter_saver(folder, checkpoint_steps(recipe.config.max_steps, cell["checkpoints"]))
@@ -581,7 +594,7 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
     if cell["scale"] == "paper":
         score = paper_scorer(cell, tokenizer)
     else:
-        world = ToyWorld(WorldConfig(seed=cell["world_seed"]))
+        world = ToyWorld(chapter_world(cell["world_seed"]))
         sets = eval_sets(world, cell["n_eval"])
         score = lambda network: benchmark_scores(network, tokenizer, world, sets, cell["model"])
     if cell["method"] == "none":
