@@ -34,16 +34,17 @@ from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREA
                               REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig)
 
 # %% auto #0
-__all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'PREFERENCES', 'METHODS', 'PEFTS', 'MERGES', 'FAMILY_SEEDS',
-           'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE', 'INSTRUCT_LR', 'DEFAULTS',
-           'RULES', 'PEFT_GRID', 'EVAL_TOPICS', 'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS',
-           'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table', 'template', 'heldout_entities', 'topic_of',
-           'benchmark_leaks', 'training_only', 'preference_data', 'source_table', 'shuffle_labels', 'training_pairs',
-           'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts',
-           'training_leaks', 'benchmark_scores', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients',
-           'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores',
-           'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'claim_unit', 'claims_table', 'score_heatmap',
-           'method_gap_heatmap', 'quantity_plot', 'merge_plot']
+__all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEWS', 'VIEWS', 'PREFERENCES', 'METHODS', 'PEFTS',
+           'MERGES', 'FAMILY_SEEDS', 'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE',
+           'INSTRUCT_LR', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'EVAL_TOPICS', 'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS',
+           'SATURATION', 'CLAIM_IDS', 'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table', 'template',
+           'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data', 'source_table',
+           'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
+           'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'checkpoint_steps', 'train_adapter',
+           'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan',
+           'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'quality_runs',
+           'quality_effects', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
+           'merge_plot', 'quality_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -52,6 +53,11 @@ MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct")  #
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
 DATASETS = {"beavertails": BEAVERTAILS_LIKE, "hh-rlhf": HH_LIKE}  # toy preference views: informative vs bare
+QUALITY_VIEWS = {  # the data-quality block: informativeness x label noise, single turn (beavertails: informative, 5%)
+    "beavertails": BEAVERTAILS_LIKE, "informative-noisy": dict(BEAVERTAILS_LIKE, label_noise=HH_LIKE["label_noise"]),
+    "bare-clean": dict(HH_LIKE, label_noise=BEAVERTAILS_LIKE["label_noise"], multi_turn=False),
+    "bare-noisy": dict(HH_LIKE, multi_turn=False)}
+VIEWS = {**DATASETS, **QUALITY_VIEWS}  # every preference view a toy cell can train on
 PREFERENCES = ("harmless", "helpful", "mix")
 METHODS, PEFTS = ("sft", "dpo"), ("lora", "qlora")
 MERGES = ("dare_ties", "slerp", "dare_all")  # of the harmless and helpful adapters; dare_all: of both datasets' (four)
@@ -88,7 +94,7 @@ DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
     pretrain_tokens=300_000, instruct_steps=60, datasets=list(DATASETS), preferences=list(PREFERENCES),
     methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
-    shuffle_preferences=False, executor="pool", max_parallel=None, paper_models=None, hub_data=None, eval_tasks=None,
+    quality_block=True, shuffle_preferences=False, executor="pool", max_parallel=None, paper_models=None, hub_data=None, eval_tasks=None,
     eval_limit=None, toxicity_classifier=None, paper_steps=None)
 
 def _first_is(value: str, rule_values) -> Rule:
@@ -106,7 +112,7 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
          "checkpoints": Rule("a non-empty list of fractions in (0, 1]", lambda v: isinstance(v, (list, tuple))
                              and len(v) > 0 and all(isinstance(f, (int, float)) and 0 < f <= 1 for f in v)),
          "world_seed": number(lo=0, integer=True), "design": one_of("fractional", "full"),
-         "shuffle_preferences": boolean(),
+         "quality_block": boolean(), "shuffle_preferences": boolean(),
          "paper_models": optional(Rule("a list of hub names or folders, one per model of `models`",
                                        lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v))),
          "hub_data": optional(text()), "eval_tasks": optional(text()), "eval_limit": optional(number(lo=1, integer=True)),
@@ -150,7 +156,7 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
     toy_recipe = lambda method: dict(preset=f"cpu_{method}", max_steps=steps, learning_rate=lr,
                                      per_device_train_batch_size=batch_size)
     recipes = {m: toy_recipe(m) for m in METHODS}
-    data = {d: dict(source="world", **view) for d, view in DATASETS.items()}
+    data = {d: dict(source="world", **view) for d, view in VIEWS.items()}
     if scale == "small":
         return dict(scale=scale, device="cpu", models={"smollm2-instruct": dict(spec=ModelSpec(kind="smollm2").to_dict())},
                     data=data, recipes=recipes, ranks=None)
@@ -233,14 +239,14 @@ def _swapped(pairs: Dataset, share: float, seed: int) -> Dataset:
                                      "rejected": row["chosen" if i in flip else "rejected"]}, with_indices=True)
 
 def preference_data(world: ToyWorld,  # the toy world
-                    data: str,  # "beavertails" (informative, <= 5% noise, single-turn) or "hh-rlhf" (bare, 25% noise, two turns)
+                    data: str,  # a view of `VIEWS`: "beavertails" (informative, 5% noise, one turn), "hh-rlhf" (bare, 25%, two turns), ...
                     preference: str,  # "harmless", "helpful" or "mix" (half of each, shuffled)
                     n: int,  # number of pairs
                     model: str,  # whose chat template the prompts use
                     seed: int = 0,  # sampling seed
                    ) -> Dataset:
     "Preference pairs `prompt`/`chosen`/`rejected` of one source and preference, held out of the benchmarks, in the model's template."
-    view = dict(DATASETS[data])
+    view = dict(VIEWS[data])
     if preference == "mix":
         halves = [preference_data(world, data, p, n // 2 + (i == 0) * (n % 2), model, seed)
                   for i, p in enumerate(("harmless", "helpful"))]
@@ -635,7 +641,8 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
                 ) -> list[dict]:
     """The grid's cells. "full": every combination. "fractional": a core (first dataset, PEFT and rank; every model,
     method, preference and seed; the two-adapter merges), plus the other datasets, PEFTs and the all-four merge on
-    harmless preferences with the first model's family (other ranks with the first seed only), plus one start-model
+    harmless preferences with the first model's family (other ranks with the first seed only); with `quality_block`
+    (toy and small scale) the four `QUALITY_VIEWS` on harmless preferences with the first instruct model; plus one start-model
     evaluation per model and seed (each replicate pre-trains its own models). Start models come first, base models
     before their instruct siblings, so that parallel workers build each pre-trained model once."""
     fixed = dict(study=STUDY, split=SPLIT, **{k: p[k] for k in _FIXED}, **_paper_fields(p))
@@ -654,6 +661,9 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
                   dict(side, peft=p["pefts"][1:]), dict(side, rank=p["ranks"][1:], seed=p["seeds"][:1])]
         merges = [dict(blocks[0], preference=pair, merge=[m for m in p["merges"] if m != "dare_all"]),
                   dict(side, preference=pair, merge=[m for m in p["merges"] if m == "dare_all"])]
+    if p["quality_block"] and p["scale"] != "paper":  # informativeness x label noise on harmless data, one instruct model
+        blocks.append(dict(common, data=list(QUALITY_VIEWS), peft=p["pefts"][:1], rank=p["ranks"][:1], preference=["harmless"],
+                           seed=p["seeds"], model=[m for m in models if m.endswith("instruct")][:1] or models[:1]))
     has_pair = {"harmless", "helpful"} <= set(p["preferences"])
     start = [dict(model=[m for m in models if not m.endswith("instruct")], method=["none"], merge=["none"],
                   data=["none"], preference=["none"], peft=["none"], rank=[0], seed=p["seeds"])]
@@ -741,6 +751,28 @@ def _effect(values: pd.Series, expected: str, missing: str) -> ClaimResult:
     values = values.dropna()
     return mean_effect(values.to_numpy(), expected) if len(values) else untested(missing)
 
+# %% ../nbs/04a_peft_grid.ipynb #eb78c767
+def quality_runs(finals: pd.DataFrame,  # `final_scores`
+                 parameters: dict,  # the chapter's parameters
+                ) -> pd.DataFrame:
+    "The data-quality block's runs: harmless preferences, the four `QUALITY_VIEWS`, first PEFT and rank, the block's model."
+    runs = finals[finals["data"].isin(list(QUALITY_VIEWS)) & (finals.preference == "harmless") & (finals["merge"] == "none")
+                  & (finals.peft == parameters["pefts"][0]) & (finals["rank"] == parameters["ranks"][0])]
+    return runs[runs.model.isin(runs[runs["data"] == "bare-noisy"].model.unique())]
+
+def quality_effects(runs: pd.DataFrame,  # `quality_runs`
+                    metric: str = "alpaca",  # the score (claim 1: the AlpacaEval-like win rate)
+                   ) -> pd.DataFrame:
+    """Per seed, the two knobs' main effects on `metric`, averaged over methods: `informativeness` (informative - bare
+    answers, mean over both noise levels) and `label_noise` (5% - 25% swapped labels, mean over both answer kinds)."""
+    wide = runs.pivot_table(index=["model", "method", "seed"], columns="data", values=metric)
+    if set(QUALITY_VIEWS) - set(wide):
+        return pd.DataFrame(dict(informativeness=pd.Series(dtype=float), label_noise=pd.Series(dtype=float)))
+    v = {name: wide[name] for name in QUALITY_VIEWS}
+    effects = pd.DataFrame(dict(informativeness=(v["beavertails"] + v["informative-noisy"] - v["bare-clean"] - v["bare-noisy"]) / 2,
+                                label_noise=(v["beavertails"] + v["bare-clean"] - v["informative-noisy"] - v["bare-noisy"]) / 2))
+    return effects.dropna().groupby(level="seed").mean()
+
 # %% ../nbs/04a_peft_grid.ipynb #9929f0d2
 CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
     1: ("More informative preference data helps alignment, more so for SFT",
@@ -765,7 +797,7 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
          "DPO on harmless data improves harmlessness (RealToxicity, Red-Instruct) more than SFT"),
 }
 SATURATION = 0.02  # claim 2: "saturates" = the overall score gains less than this over the second half of training (fixed before any run)
-CLAIM_IDS = ["1", "1a", "1b", "2", "2a", "2b", "2c", "3", "3a", "3b", "4", "4a", "4b", "5", "5a", "5b", "6", "7", "8", "9", "10"]  # claims.csv rows
+CLAIM_IDS = ["1", "1a", "1b", "1c", "1d", "2", "2a", "2b", "2c", "3", "3a", "3b", "4", "4a", "4b", "5", "5a", "5b", "6", "7", "8", "9", "10"]  # claims.csv rows
 
 def claim_unit(scale: str  # "toy", "small" or "paper"
               ) -> str:
@@ -797,9 +829,17 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
     gain = {m: per_seed(paired_difference(harmless[harmless.method == m], ["model", "seed"], "data", "beavertails", "hh-rlhf",
                                              "alpaca")) for m in METHODS}
     no_data = "one dataset, or one method, was run"
-    out[1] = (f"win rate (alpaca) beavertails - hh-rlhf (harmless): SFT {_mean_text(gain['sft'])}, DPO {_mean_text(gain['dpo'])}",
+    knobs = quality_effects(quality_runs(finals, parameters))
+    no_block = "the data-quality block (quality_block) was not run"
+    out[1] = (f"win rate (alpaca) beavertails - hh-rlhf (harmless): SFT {_mean_text(gain['sft'])}, DPO {_mean_text(gain['dpo'])}; "
+              f"2 x 2 block: informative - bare {_mean_text(knobs['informativeness'])}, "
+              f"5% - 25% label noise {_mean_text(knobs['label_noise'])}",
               {"informative data helps": _effect((gain["sft"] + gain["dpo"]) / 2, "positive", no_data),
-               "more for SFT": _effect(gain["sft"] - gain["dpo"], "positive", no_data)})
+               "more for SFT": _effect(gain["sft"] - gain["dpo"], "positive", no_data)},
+              {"informativeness drives it (informative - bare answers, at equal label noise)":
+               _effect(knobs["informativeness"], "positive", no_block),
+               "label noise drives it (5% - 25% swapped labels, at equal informativeness)":
+               _effect(knobs["label_noise"], "positive", no_block)})
     # 2: gain from the first checkpoint to the last: SFT on instruct saturates, DPO on instruct improves, on base degrades
     steps = core_runs(scores, parameters, merge="none")
     steps = steps[steps.method != "none"]
@@ -900,15 +940,16 @@ def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                  parameters: dict,  # the chapter's parameters
                 ) -> pd.DataFrame:
     """One row per claim 1-10 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds;
-    a composite claim (1-5) is the `all_of` of its parts, and each part has its own row too (`1a`, `1b`, ...)."""
+    a composite claim (1-5) is the `all_of` of its parts, and each part has its own row too (`1a`, `1b`, ...); claim 1's
+    knob rows (`1c`, `1d`: which of informativeness and label noise drives it) are rows of their own, outside its `all_of`."""
     scale, unit = parameters["scale"], claim_unit(parameters["scale"])
     rows = []
-    for i, (measured, result) in sorted(_claims_measurements(scores, parameters).items()):
+    for i, (measured, result, *knobs) in sorted(_claims_measurements(scores, parameters).items()):
         parts = result if isinstance(result, dict) else {}
         rows.append(claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], scale, unit, all_of(parts) if parts else result,
                               measured=measured))
         rows += [claim_row(STUDY, f"{i}{letter}", f"{CLAIMS[i][0]}: part {name!r}", CLAIMS[i][1], scale, unit, part,
-                           measured=measured) for letter, (name, part) in zip("abc", parts.items())]
+                           measured=measured) for letter, (name, part) in zip("abcd", {**parts, **(knobs[0] if knobs else {})}.items())]
     return pd.DataFrame(rows)
 
 # %% ../nbs/04a_peft_grid.ipynb #9eed7120
@@ -986,3 +1027,26 @@ def merge_plot(finals: pd.DataFrame,  # `final_scores` of the core runs (singles
              xlabel="alignment method", ylabel="overall score (mean of 5 benchmarks)")
     save_figure(figure, out_dir, "merges.png")
     return figure
+
+# %% ../nbs/04a_peft_grid.ipynb #10003c53
+def quality_plot(runs: pd.DataFrame,  # `quality_runs`
+                 out_dir: str | Path,  # where the png goes
+                ):
+    "Bars of the win rate in the data-quality block (informativeness x label noise), per method, 95% intervals over seeds; None if not run."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    effects = quality_effects(runs)
+    if effects.empty:
+        return None
+    rows = runs.assign(answers=np.where(runs["data"].isin(["beavertails", "informative-noisy"]), "informative", "bare"),
+                       labels=np.where(runs["data"].isin(["beavertails", "bare-clean"]), "5% swapped", "25% swapped"),
+                       method=runs.method.str.upper())
+    means = effects.mean()
+    driver = "informativeness" if abs(means.informativeness) >= abs(means.label_noise) else "label noise"
+    grid = sns.catplot(rows, x="answers", y="alpaca", hue="labels", col="method", kind="bar", errorbar=("ci", 95),
+                       order=["informative", "bare"], hue_order=["5% swapped", "25% swapped"], height=3.5, aspect=0.9)
+    grid.set_axis_labels("preferred answers", "win rate (AlpacaEval-like)")
+    grid.figure.suptitle(f"Data quality: {driver} drives the win rate (informative - bare {means.informativeness:+.3f}, "
+                         f"5% - 25% noise {means.label_noise:+.3f})", y=1.04)
+    save_figure(grid.figure, out_dir, "data_quality.png")
+    return grid.figure

@@ -61,8 +61,9 @@ CHAPTERS = {
         "alignrepro.peft_grid:PEFT_GRID",
         dict(seeds=[0, 1, 2], models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
              datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
-             ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0]),
-        [1], 21, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
+             ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0],
+             quality_block=False),
+        [1], 23, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
         "4", dict(shuffle_preferences=True)),
     "05_repe": Contract(
         "alignrepro.repe:REPE",

@@ -8,7 +8,7 @@ import pytest
 
 from alignrepro.core import CLAIM_COLUMNS, ParameterError, RunStore
 from alignrepro.grid import run_grid
-from alignrepro.peft_grid import (BENCHMARKS, CLAIM_IDS, DATASETS, DEFAULTS, MODELS, PAPER_MODELS, PEFT_GRID, PREFERENCES,
+from alignrepro.peft_grid import (BENCHMARKS, CLAIM_IDS, DEFAULTS, MODELS, PAPER_MODELS, PEFT_GRID, PREFERENCES, QUALITY_VIEWS, VIEWS,
                                   benchmark_leaks, checkpoint_steps, claims_table, design_cells, eval_sets, grid_plan,
                                   instruction_data, leaked_prompts, preference_data, resolve_plan, score_table,
                                   training_leaks, training_pairs)
@@ -43,6 +43,8 @@ def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0, nul
         if cell["method"] != "none":
             value -= sign * 0.1 * (cell["data"] == "hh-rlhf") + sign * 0.1 * (cell["preference"] == "mix")
             value += sign * 0.1 * (cell["merge"] != "none") + sign * 0.05 * (cell["merge"] == "dare_all")
+            value -= sign * (0.1 * (cell["data"] in ("bare-clean", "bare-noisy"))  # informative answers help
+                             + 0.05 * (cell["data"] in ("informative-noisy", "bare-noisy")))  # and clean labels, less
         for step in steps:
             at = value - (slope * (1 - step / cell["steps"]) if step else 0.0)
             faithful = sign * 0.2 * (cell["method"] == "dpo" and cell["preference"] == "harmless")  # DPO's harm scores
@@ -76,7 +78,7 @@ def test_no_benchmark_prompt_in_any_training_set():
     world = ToyWorld()
     sets = eval_sets(world, 64)
     training = [instruction_data(world, 480, m, seed=s) for m in ("llama-instruct", "mistral-instruct") for s in (0, 3)]
-    training += [preference_data(world, d, p, 96, m, seed=s) for d in DATASETS for p in PREFERENCES
+    training += [preference_data(world, d, p, 96, m, seed=s) for d in VIEWS for p in PREFERENCES
                  for m in ("llama-base", "mistral-base") for s in (0, 1)]
     assert leaked_prompts(sets, training) == []
     assert not any(benchmark_leaks(world, " ".join(map(str, row.values()))) for rows in training for row in rows)
@@ -131,6 +133,11 @@ def test_design_has_every_axis_and_three_seeds_per_comparison():
     assert not plan.duplicated(subset=[c for c in plan.columns if c != "checkpoints"]).any()
     full = design_cells(PEFT_GRID.parameters(design="full", seeds=[0]))
     assert len(full) > len(plan) / 3
+    assert set(plan[plan["data"].isin(["informative-noisy", "bare-clean", "bare-noisy"])].model) == {"llama-instruct"}
+    block = plan[plan["data"].isin(list(QUALITY_VIEWS)) & (plan.model == "llama-instruct") & (plan.preference == "harmless")
+                 & (plan.peft == "qlora") & (plan["merge"] == "none")]  # the data-quality 2 x 2: both methods, 5 seeds
+    assert block.groupby(["data", "method"]).seed.nunique().eq(5).all() and len(block) == 2 * len(QUALITY_VIEWS) * 5
+    assert not set(pd.DataFrame(design_cells(PEFT_GRID.parameters(quality_block=False)))["data"]) & {"bare-clean", "bare-noisy"}
 
 
 def test_bad_parameters_fail_naming_them():
