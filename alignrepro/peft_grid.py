@@ -797,7 +797,7 @@ CLAIMS = {  # claim id -> (the paper's claim, what the paper reports)
          "DPO on harmless data improves harmlessness (RealToxicity, Red-Instruct) more than SFT"),
 }
 SATURATION = 0.02  # claim 2: "saturates" = the overall score gains less than this over the second half of training (fixed before any run)
-CLAIM_IDS = ["1", "1a", "1b", "1c", "1d", "2", "2a", "2b", "2c", "3", "3a", "3b", "4", "4a", "4b", "5", "5a", "5b", "6", "7", "8", "9", "10"]  # claims.csv rows
+CLAIM_IDS = ["1", "1a", "1b", "1c", "1d", "2", "2a", "2b", "2c", "3", "3a", "3b", "4", "4a", "4b", "5", "5a", "5b", "6", "6a", "7", "8", "9", "10"]  # claims.csv rows
 
 def claim_unit(scale: str  # "toy", "small" or "paper"
               ) -> str:
@@ -897,7 +897,9 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
             for how in MERGES}
     out[6] = ("overall score of the merge - the best of the two single adapters: " +
               ", ".join(f"{h} {_mean_text(g)}" for h, g in lead.items()),
-              _effect(per_seed(lead["dare_ties"]), "positive", "no DARE-TIES merge (or no single adapters) was run"))
+              _effect(per_seed(lead["dare_ties"]), "positive", "no DARE-TIES merge (or no single adapters) was run"),
+              {"Slerp merge beats the best single adapter (the paper: mixed)":
+               _effect(per_seed(lead["slerp"]), "positive", "no Slerp merge (or no single adapters) was run")})
     # 7: agreement of the sign of DPO - SFT between LoRA and QLoRA, per seed, minus its mean under the permutation null
     peft_runs = finals[(finals.preference == "harmless") & (finals["merge"] == "none")
                        & (finals["data"] == parameters["datasets"][0]) & (finals["rank"] == first_rank)]
@@ -941,14 +943,16 @@ def claims_table(scores: pd.DataFrame,  # `score_table` of the grid's results
                 ) -> pd.DataFrame:
     """One row per claim 1-10 (claims.csv v2, `alignrepro.core.CLAIM_COLUMNS`), each tested over the replicate seeds;
     a composite claim (1-5) is the `all_of` of its parts, and each part has its own row too (`1a`, `1b`, ...); claim 1's
-    knob rows (`1c`, `1d`: which of informativeness and label noise drives it) are rows of their own, outside its `all_of`."""
+    knob rows (`1c`, `1d`: which of informativeness and label noise drives it) and claim 6's Slerp row (`6a`) are rows of
+    their own, outside the claim's verdict."""
     scale, unit = parameters["scale"], claim_unit(parameters["scale"])
     rows = []
     for i, (measured, result, *knobs) in sorted(_claims_measurements(scores, parameters).items()):
         parts = result if isinstance(result, dict) else {}
         rows.append(claim_row(STUDY, str(i), CLAIMS[i][0], CLAIMS[i][1], scale, unit, all_of(parts) if parts else result,
                               measured=measured))
-        rows += [claim_row(STUDY, f"{i}{letter}", f"{CLAIMS[i][0]}: part {name!r}", CLAIMS[i][1], scale, unit, part,
+        rows += [claim_row(STUDY, f"{i}{letter}", f"{CLAIMS[i][0]}: {'part' if name in parts else 'also'} {name!r}",
+                           CLAIMS[i][1], scale, unit, part,
                            measured=measured) for letter, (name, part) in zip("abcd", {**parts, **(knobs[0] if knobs else {})}.items())]
     return pd.DataFrame(rows)
 

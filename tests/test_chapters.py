@@ -63,7 +63,7 @@ CHAPTERS = {
              datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
              ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0],
              quality_block=False),
-        [1], 23, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
+        [1], 24, ["scores_heatmap.png", "dpo_minus_sft.png", "quantity.png", "merges.png"], dict(pefts=["dora"]),
         "4", dict(shuffle_preferences=True)),
     "05_repe": Contract(
         "alignrepro.repe:REPE",
