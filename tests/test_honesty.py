@@ -280,12 +280,14 @@ def test_null_effects_are_never_reproduced():
     assert at_limit.loc["pkqa_answered", "verdict"] != "reproduced"
 
 
-def test_three_seeds_decide_nothing_and_small_scale_leaves_helpfulness_untested():
+def test_three_seeds_decide_nothing_and_helpfulness_needs_a_help_split():
     assert set(claims_table(_scores(1.0, seeds=range(3)), "toy").verdict) == {"inconclusive"}
     small = claims_table(_scores(1.0), "small").set_index("claim_id")
-    untested = small[small.note.str.contains("not applicable")]
+    assert (small.scale == "small").all() and set(small.verdict) == {"reproduced"}  # small scale scores help too
+    no_help = claims_table(_scores(1.0).query("split != 'help'"), "small").set_index("claim_id")
+    untested = no_help[no_help.note.str.contains("not applicable")]
     assert set(untested.index) == {"helpfulness_kept"} and (untested.test == "not tested").all()
-    assert small.loc["multisample_gain", "verdict"] == "reproduced"
+    assert no_help.loc["multisample_gain", "verdict"] == "reproduced"
 
 
 def test_shuffled_knowledge_keeps_the_labels_but_moves_them():
@@ -314,3 +316,15 @@ def test_small_scale_path_runs_end_to_end(tmp_path):
     scores = score_table(knowledge, responses)
     assert set(scores.method) == {"unaligned", "prompt", "absolute"}
     assert (scores[scores.method == "unaligned"].over_conservativeness == 0).all()
+
+
+def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_does():
+    scores = _scores(1.0)  # FINE-TUNED refuses some questions: honesty 0.5 plus noise
+    tuned = scores.method == "fine_tuned"
+    assert claims_table(scores).set_index("claim_id").loc["fine_tuned_at_50", "verdict"] == "reproduced"
+    moved = scores.assign(honesty=scores.honesty.where(~tuned, scores.honesty + 0.2))
+    assert claims_table(moved).set_index("claim_id").loc["fine_tuned_at_50", "verdict"] == "not reproduced"
+    silent = scores.assign(honesty=scores.honesty.where(~tuned, 0.5), idk_rate=scores.idk_rate.where(~tuned, 0.0))
+    row = claims_table(silent).set_index("claim_id").loc["fine_tuned_at_50"]
+    assert row.verdict == "inconclusive" and "by the score's definition" in row.note
+    assert "by the score's definition" not in claims_table(scores).set_index("claim_id").loc["fine_tuned_at_50", "note"]
