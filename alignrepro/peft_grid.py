@@ -1037,7 +1037,6 @@ def quality_plot(runs: pd.DataFrame,  # `quality_runs`
                  out_dir: str | Path,  # where the png goes
                 ):
     "Bars of the win rate in the data-quality block (informativeness x label noise), per method, 95% intervals over seeds; None if not run."
-    import matplotlib.pyplot as plt
     import seaborn as sns
     effects = quality_effects(runs)
     if effects.empty:
