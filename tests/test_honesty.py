@@ -311,7 +311,9 @@ def test_shuffled_knowledge_keeps_the_labels_but_moves_them():
 def test_small_scale_path_runs_end_to_end(tmp_path):
     plan = resolve_plan("small", subset=2, steps=1, m=2, batch_size=2, methods=["absolute"])
     knowledge, responses = run_study(plan, [0], store=RunStore(tmp_path))
-    assert set(knowledge.split) == {"train", "in_domain", "ood", "puqa"} and len(knowledge) == 8
+    assert set(knowledge.split) == {"train", "in_domain", "ood", "puqa", "help"} and len(knowledge) == 10
+    sampled = knowledge.samples.map(len) > 0  # the training questions and the evaluation ones answered right
+    assert (sampled == (knowledge.split.eq("train") | knowledge.greedy_correct & knowledge.split.isin(["in_domain", "ood"]))).all()
     assert set(responses.method) == {"prompt", "absolute"} and set(responses.label) <= {"correct", "wrong", "idk"}
     scores = score_table(knowledge, responses)
     assert set(scores.method) == {"unaligned", "prompt", "absolute"}
@@ -328,3 +330,17 @@ def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_d
     row = claims_table(silent).set_index("claim_id").loc["fine_tuned_at_50"]
     assert row.verdict == "inconclusive" and "by the score's definition" in row.note
     assert "by the score's definition" not in claims_table(scores).set_index("claim_id").loc["fine_tuned_at_50", "note"]
+
+
+@pytest.mark.slow
+def test_small_scale_is_scored(run_chapter):
+    """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, 120 questions per split, every
+    method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored."""
+    _, out_dir = run_chapter("06_honesty", scale="small")
+    claims = pd.read_csv(out_dir / "claims.csv").set_index("claim_id")
+    assert len(claims) == 19 and (claims.scale == "small").all() and (claims.n == 5).all()
+    assert claims.loc["helpfulness_kept", "test"] != "not tested"
+    assert claims.drop("helpfulness_kept").paper.str.contains(r"\d").all()
+    scores = pd.read_parquet(out_dir / "results.parquet")
+    assert set(scores.method) == {"unaligned", "prompt", *METHODS}
+    assert (scores[scores.split.isin(EVAL_SPLITS)].n == 120).all()
