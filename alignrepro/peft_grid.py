@@ -1045,7 +1045,8 @@ def quality_plot(runs: pd.DataFrame,  # `quality_runs`
                        labels=np.where(runs["data"].isin(["beavertails", "bare-clean"]), "5% swapped", "25% swapped"),
                        method=runs.method.str.upper())
     means = effects.mean()
-    driver = "informativeness" if abs(means.informativeness) >= abs(means.label_noise) else "label noise"
+    driver = ("neither knob" if max(abs(means)) == 0 else
+              "informativeness" if abs(means.informativeness) >= abs(means.label_noise) else "label noise")
     grid = sns.catplot(rows, x="answers", y="alpaca", hue="labels", col="method", kind="bar", errorbar=("ci", 95),
                        order=["informative", "bare"], hue_order=["5% swapped", "25% swapped"], height=3.5, aspect=0.9)
     grid.set_axis_labels("preferred answers", "win rate (AlpacaEval-like)")
