@@ -5,6 +5,7 @@
 # %% ../nbs/06a_honesty.ipynb #515a1b8f
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -729,6 +730,12 @@ def method_responses(model,  # the unaligned model
 RESPONSE_COLUMNS = ["qid", "split", "response", "correct", "label", "final_loss"]  # `method_responses` output
 
 
+@functools.lru_cache(maxsize=1)
+def _real_model(spec: str) -> tuple:
+    "A real model loaded once per process (a pool worker runs several seeds; `train_method` leaves it unchanged)."
+    return load(ModelSpec(**json.loads(spec)))
+
+
 def replicate_rows(cell: dict,  # `{study, plan, seed}` from `alignrepro.study.replicates`
                    store: RunStore,  # where the model, the knowledge table and each method's responses are cached
                   ) -> pd.DataFrame:
@@ -739,7 +746,7 @@ def replicate_rows(cell: dict,  # `{study, plan, seed}` from `alignrepro.study.r
     if world is not None:  # toy: the chat model is the pre-trained one after its own instruction stage
         model, tokenizer = load_model(instruct_model(spec, plan, store), device="cpu")
     else:
-        model, tokenizer = load(spec, store)
+        model, tokenizer = _real_model(json.dumps(spec.to_dict(), sort_keys=True))
     judge = toy_judge(world) if world is not None else real_judge
     shared = {k: v for k, v in plan.items() if k not in ("methods", "shuffle_known")}  # what the knowledge depends on
     key = dict(study=cell["study"], stage="knowledge", plan=shared, seed=seed)
