@@ -527,7 +527,7 @@ SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training
                 eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None),
     "small": dict(model="smollm2", train_families=["capital"], ood_families=["city_country", "element_symbol"],
                   temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=12,
-                  batch_size=16, subset=120, lora_layers=8, sample_all=False),
+                  batch_size=16, subset=120, lora_layers=8, sample_all=False, eval_batch_size=64),
     "paper": dict(model="meta-llama/Llama-2-13b-chat-hf", data="mandarjoshi/trivia_qa", train_families=["triviaqa"],
                   ood_families=["capital", "city_country"], temperature=1.0, top_k=0, max_new_tokens=64, eval_max_new_tokens=128,
                   preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None),
@@ -719,7 +719,8 @@ def method_responses(model,  # the unaligned model
     instructed = method == "prompt" or STYLES[plan["style"]].train_on_instruction
     prompts = np.where(evaluated.split.eq("help") | (not instructed), evaluated.prompt, evaluated.honest_prompt).tolist()
     responses = [s[0] for s in sample(tuned, tokenizer, prompts, n=1, temperature=0.0,
-                                      max_new_tokens=plan["eval_max_new_tokens"], batch_size=64, seed=seed)]
+                                      max_new_tokens=plan["eval_max_new_tokens"],
+                                      batch_size=plan.get("eval_batch_size", 32), seed=seed)]
     rows = evaluated.to_dict("records")
     correct = [judge(row, r) for row, r in zip(rows, responses)]
     return pd.DataFrame(dict(qid=evaluated.qid, split=evaluated.split, response=responses, correct=correct,
