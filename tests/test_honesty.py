@@ -1,5 +1,7 @@
 """Tests of alignrepro.honesty: metrics, knowledge rule and training targets on hand-made cases, the chapter via papermill."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,14 +335,20 @@ def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_d
 
 
 @pytest.mark.slow
-def test_small_scale_is_scored(run_chapter):
+def test_small_scale_is_scored(tmp_path):
     """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, 120 questions per split, every
-    method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored."""
-    _, out_dir = run_chapter("06_honesty", scale="small")
-    claims = pd.read_csv(out_dir / "claims.csv").set_index("claim_id")
+    method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored. Longer than the
+    chapter fixture's 30-minute limit on 2 cores (measured: 24 questions per split and 8 steps took about 32 minutes;
+    120 per split is estimated at 1.5-2 hours), so the command runs here with its own limit."""
+    nbs = Path(__file__).resolve().parent.parent / "nbs"
+    command = [str(Path(sys.executable).with_name("papermill")), str(nbs / "06_honesty.ipynb"),
+               str(tmp_path / "out.ipynb"), "--cwd", str(nbs), "-k", "python3", "--no-progress-bar",
+               "-p", "scale", "small", "-p", "out_dir", str(tmp_path / "out")]
+    subprocess.run(command, check=True, capture_output=True, timeout=3 * 3600)
+    claims = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim_id")
     assert len(claims) == 19 and (claims.scale == "small").all() and (claims.n == 5).all()
     assert claims.loc["helpfulness_kept", "test"] != "not tested"
     assert claims.drop("helpfulness_kept").paper.str.contains(r"\d").all()
-    scores = pd.read_parquet(out_dir / "results.parquet")
+    scores = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert set(scores.method) == {"unaligned", "prompt", *METHODS}
     assert (scores[scores.split.isin(EVAL_SPLITS)].n == 120).all()
