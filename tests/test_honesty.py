@@ -338,8 +338,8 @@ def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_d
 def test_small_scale_is_scored(tmp_path):
     """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, 120 questions per split, every
     method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored. Longer than the
-    chapter fixture's 30-minute limit on 2 cores (measured: 24 questions per split and 8 steps took about 32 minutes;
-    120 per split is estimated at 1.5-2 hours), so the command runs here with its own limit."""
+    chapter fixture's 30-minute limit on 2 cores (measured: `-p subset 24 -p steps 8` took 26 minutes;
+    120 per split is estimated at 1.5-2 hours from its stage times), so the command runs here with its own limit."""
     nbs = Path(__file__).resolve().parent.parent / "nbs"
     command = [str(Path(sys.executable).with_name("papermill")), str(nbs / "06_honesty.ipynb"),
                str(tmp_path / "out.ipynb"), "--cwd", str(nbs), "-k", "python3", "--no-progress-bar",
