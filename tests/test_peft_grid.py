@@ -17,7 +17,8 @@ from alignrepro.world import ToyWorld
 
 TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
             datasets=["beavertails"], preferences=["harmless", "helpful"], methods=["sft", "dpo"], pefts=["lora"],
-            ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0])
+            ranks=[2], merges=["dare_ties"], steps=2, batch_size=2, n_train=4, n_eval=2, checkpoints=[1.0],
+            quality_block=False)
 
 
 def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0, null: bool = False,
