@@ -72,7 +72,7 @@ WORLD = dict(helpfulness_shares=[0.1, 0.6, 0.3])  # calibrated: pre-training ans
 # or wrongly (the default world: 40% detailed), so a base model is terse and instruction tuning has detail to teach
 PRETRAIN_RECIPE = dict(batch_size=16)  # calibrated: 4x as many pre-training steps of a quarter the rows (the same
 # tokens, about the same time): the xs models learn the world's facts (batch 64: MMLU-like near chance)
-INSTRUCT_LR = 5e-4  # calibrated: the instruct stage's full SFT keeps the pre-trained facts (2e-3 erased them)
+INSTRUCT_LR = 3e-4  # calibrated: the instruct stage's full SFT keeps the pre-trained facts (2e-3 erased them)
 
 def chapter_world(world_seed: int,  # the toy world's seed
                  ) -> WorldConfig:
@@ -91,7 +91,7 @@ def pretrain_seed(family: str,  # "llama" or "mistral"
 # %% ../nbs/04a_peft_grid.ipynb #bea3d320
 DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
     scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
-    pretrain_tokens=300_000, instruct_steps=60, datasets=list(DATASETS), preferences=list(PREFERENCES),
+    pretrain_tokens=300_000, instruct_steps=120, datasets=list(DATASETS), preferences=list(PREFERENCES),
     methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
     quality_block=True, shuffle_preferences=False, executor="pool", max_parallel=None, paper_models=None, hub_data=None, eval_tasks=None,
@@ -131,7 +131,7 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
                  models: list[str] | None = None,  # model names; None: every model the scale has
                  size: str = "xs",  # toy: the LADDER rung of all four models
                  pretrain_tokens: int = 300_000,  # toy: pre-training budget of each base model
-                 instruct_steps: int = 60,  # toy: full SFT steps that make an "instruct" sibling
+                 instruct_steps: int = 120,  # toy: full SFT steps that make an "instruct" sibling
                  steps: int = 12,  # training steps per run (the paper: 700)
                  lr: float = 5e-3,  # learning rate of SFT and DPO at toy / small scale (the paper: presets)
                  batch_size: int = 8,  # sequences per step (the paper: 16)
