@@ -241,7 +241,7 @@ APPLY_AT_SMALL = ["resistance", "resistance_drop", "resistance_controlled", "res
 
 @pytest.mark.slow
 def test_small_scale_is_scored(run_chapter):
-    """`papermill nbs/03_elasticity.ipynb out.ipynb -p scale small` (SmolLM2-135M-Instruct, LoRA, 5 seeds; about 25 minutes
+    """`papermill nbs/03_elasticity.ipynb out.ipynb -p scale small` (SmolLM2-135M-Instruct, LoRA, 5 seeds; about 30 minutes
     on 2 cores): every claim that applies without models pre-trained from scratch is computed over the 5 seeds, the rest say why not."""
     _, out_dir = run_chapter("03_elasticity", scale="small")
     claims = pd.read_csv(out_dir / "claims.csv").set_index("claim_id")
