@@ -492,7 +492,7 @@ DEFAULTS = dict(  # the study notebook's parameters cell, name for name
     scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/honesty", executor="pool", max_parallel=None, model=None,
     train_families=None, m=10, tau=0.1, temperature=None, top_k=None, lr=None, steps=None, batch_size=None,
     lora_rank=8, subset=None, toy_size=TOY_SIZE, toy_tokens=TOY_TOKENS, instruct_steps=None, pkqa_accuracy=0.5,
-    shuffle_known=False, paper_data=None, hub_data=None, small_check=False, small_check_methods=["absolute"], small_check_subset=6, small_check_steps=4)
+    shuffle_known=False, paper_data=None, hub_data=None)
 _FAMILY_LIST = Rule("a non-empty list of family names (toy: " + ", ".join(FAMILIES) + "; real: "
                     + ", ".join(FACT_FAMILIES) + ")",
                     lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(FAMILIES) | set(FACT_FAMILIES))
@@ -503,9 +503,7 @@ RULES = {**COMMON_RULES, "model": optional(text()), "train_families": optional(_
          "lora_rank": _COUNT, "subset": optional(_COUNT), "toy_size": one_of(*LADDER),
          "toy_tokens": number(lo=1000, integer=True), "instruct_steps": optional(_COUNT),
          "pkqa_accuracy": number(lo=0, hi=1), "shuffle_known": boolean(), "paper_data": optional(path_like()),
-         "hub_data": optional(path_like()),
-         "small_check": boolean(),
-         "small_check_methods": list_of(*METHODS), "small_check_subset": _COUNT, "small_check_steps": _COUNT}
+         "hub_data": optional(path_like())}
 
 
 def _check(params: dict) -> None:
@@ -526,8 +524,8 @@ SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training
                 instruct_steps=60, instruct_lr=1e-3, n_puqa=32, n_help=24, temperature=1.0, top_k=0, max_new_tokens=24,
                 eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None),
     "small": dict(model="smollm2", train_families=["capital"], ood_families=["city_country", "element_symbol"],
-                  temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=12,
-                  batch_size=16, subset=120, lora_layers=8, sample_all=False, eval_batch_size=64),
+                  temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=8,
+                  batch_size=16, subset=24, lora_layers=8, sample_all=False, eval_batch_size=64),
     "paper": dict(model="meta-llama/Llama-2-13b-chat-hf", data="mandarjoshi/trivia_qa", train_families=["triviaqa"],
                   ood_families=["capital", "city_country"], temperature=1.0, top_k=0, max_new_tokens=64, eval_max_new_tokens=128,
                   preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None),

@@ -73,8 +73,7 @@ CHAPTERS = {
         "alignment_increases_refusal_toy", dict(direction="random")),
     "06_honesty": Contract(
         "alignrepro.honesty:HONESTY",
-        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, instruct_steps=2,
-             small_check=False),
+        dict(seeds=[0, 1, 2], toy_size="xxs", toy_tokens=20_000, m=3, steps=2, batch_size=8, instruct_steps=2),
         [2, 3], 19, ["prudence_vs_overconservativeness.png", "calibration.png"], dict(scale="huge", tau=2.0),
         headline="multisample_gain", negative=dict(shuffle_known=True), extra=_honesty_tables,
         moved=_honesty_questions_moved),

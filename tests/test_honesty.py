@@ -12,7 +12,7 @@ from alignrepro.core import ParameterError, RunStore
 from alignrepro.data import answer_matches, fact_questions
 from alignrepro.study import ModelSpec
 from alignrepro.world import IDK_REPLY, ToyWorld, WorldConfig
-from alignrepro.honesty import (EVAL_SPLITS, METHODS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
+from alignrepro.honesty import (EVAL_SPLITS, METHODS, SCALE_DEFAULTS, PAPER_IDK_REPLY, PAPER_STYLE, TOY_STYLE, claims_table,
                                 confidence_prefix, expected_accuracy, honesty_scores, is_idk, known_questions,
                                 knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
                                 score_table, shuffled_knowledge, stated_confidence, toy_judge, toy_question_table,
@@ -336,19 +336,18 @@ def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_d
 
 @pytest.mark.slow
 def test_small_scale_is_scored(tmp_path):
-    """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, 120 questions per split, every
-    method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored. Longer than the
-    chapter fixture's 30-minute limit on 2 cores (measured: `-p subset 24 -p steps 8` took 26 minutes;
-    120 per split is estimated at 1.5-2 hours from its stage times), so the command runs here with its own limit."""
+    """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, the small default of questions
+    per split, every method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored.
+    Measured at 26 minutes on 2 cores, near the chapter fixture's 30-minute limit, so the command runs with its own."""
     nbs = Path(__file__).resolve().parent.parent / "nbs"
     command = [str(Path(sys.executable).with_name("papermill")), str(nbs / "06_honesty.ipynb"),
                str(tmp_path / "out.ipynb"), "--cwd", str(nbs), "-k", "python3", "--no-progress-bar",
                "-p", "scale", "small", "-p", "out_dir", str(tmp_path / "out")]
-    subprocess.run(command, check=True, capture_output=True, timeout=3 * 3600)
+    subprocess.run(command, check=True, capture_output=True, timeout=3600)
     claims = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim_id")
     assert len(claims) == 19 and (claims.scale == "small").all() and (claims.n == 5).all()
     assert claims.loc["helpfulness_kept", "test"] != "not tested"
     assert claims.drop("helpfulness_kept").paper.str.contains(r"\d").all()
     scores = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert set(scores.method) == {"unaligned", "prompt", *METHODS}
-    assert (scores[scores.split.isin(EVAL_SPLITS)].n == 120).all()
+    assert (scores[scores.split.isin(EVAL_SPLITS)].n == SCALE_DEFAULTS["small"]["subset"]).all()
