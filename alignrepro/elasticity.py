@@ -49,7 +49,7 @@ SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
                 lr=5e-4, peft="none", score="share", resist_n=96, resist_prompts=48),
     # small: in a first one-seed run on [0 .. 48] negatives the curves still sped up at the end and the DPO and reversed
     # runs had not reached the pre-trained score, so the grid was extended to 192; N_pos [16, 32] and 24 / 16 resistance
-    # examples / prompts (N_pos [16, 48] and 48 / 24 were on course for about 38 minutes on 2 cores) keep 5 seeds within 30 minutes
+    # examples / prompts (N_pos [16, 48] and 48 / 24 were on course for about 38 minutes on 2 cores) are sized for 5 seeds in about 30
     "small": dict(model="smollm2", n_pos=[16, 32], n_neg=[0, 16, 32, 64, 96, 128, 192], lr=2e-4, peft="lora", score="share",
                   resist_n=24, resist_prompts=16),
     "paper": dict(model="meta-llama/Llama-2-7b-hf", n_pos=[1000, 2000, 5000, 10000],
