@@ -37,14 +37,14 @@ from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREA
 __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEWS', 'VIEWS', 'PREFERENCES', 'METHODS', 'PEFTS',
            'MERGES', 'FAMILY_SEEDS', 'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE',
            'INSTRUCT_LR', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'EVAL_TOPICS', 'BBH_SHOTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS',
-           'SATURATION', 'CLAIM_IDS', 'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table', 'template',
-           'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data', 'source_table',
-           'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
-           'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'checkpoint_steps', 'train_adapter',
-           'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan',
-           'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'quality_runs',
-           'quality_effects', 'claim_unit', 'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot',
-           'merge_plot', 'quality_plot']
+           'SATURATION', 'CLAIM_IDS', 'PERMUTATIONS', 'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table',
+           'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data',
+           'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling',
+           'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'checkpoint_steps',
+           'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells',
+           'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed',
+           'quality_runs', 'quality_effects', 'claim_unit', 'label_shuffle_null', 'claims_table', 'score_heatmap',
+           'method_gap_heatmap', 'quantity_plot', 'merge_plot', 'quality_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -808,13 +808,30 @@ def claim_unit(scale: str  # "toy", "small" or "paper"
 def _kind_split(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(family=frame.model.str.split("-").str[0], kind=frame.model.str.split("-").str[-1])
 
-def _agreement_over_chance(lora: pd.Series, qlora: pd.Series) -> float:
-    """Share of cells where the two signs agree minus its mean under the permutation null that pairs each LoRA cell
-    with a random QLoRA cell of the same seed: sum over sign c of P_lora(c) P_qlora(c) (q^2 + (1 - q)^2 when no cell
-    ties), exact, so one method winning most cells is no agreement by itself."""
-    a, b = np.sign(lora.to_numpy()), np.sign(qlora.to_numpy())
-    chance = sum(np.mean(a == c) * np.mean(b == c) for c in (-1.0, 0.0, 1.0))
-    return float(np.mean(a == b) - chance)
+PERMUTATIONS = 2000  # claim 7: random relabellings per seed of the permutation null
+
+def label_shuffle_null(gaps: pd.DataFrame,  # DPO - SFT per cell: columns `lora`, `qlora`; index levels `model`, `seed` (and e.g. `benchmark`)
+                       n_permutations: int = PERMUTATIONS,  # random relabellings per seed
+                       seed: int = 0,  # seeds the relabellings
+                      ) -> pd.DataFrame:
+    """Claim 7's permutation null: within each model x seed stratum the DPO - SFT cells are shuffled over the stratum's
+    (cell, PEFT) slots, so which cells are LoRA and which QLoRA carries nothing, and the sign agreement is recomputed.
+    One row per seed: `agreement` (share of cells whose LoRA and QLoRA signs agree), `null` (its mean over the
+    permutations), `excess` (agreement - null: the claim's value per seed; 0 when one method wins every cell) and
+    `p_value` (one-sided permutation p of agreement that high)."""
+    rng, rows = np.random.default_rng([seed, 7]), {}
+    for s, block in gaps.groupby(level="seed"):
+        observed, null, cells = 0, np.zeros(n_permutations), 0
+        for _, stratum in block.groupby(level="model"):
+            k = len(stratum)
+            signs = np.sign(np.concatenate([stratum["lora"].to_numpy(), stratum["qlora"].to_numpy()]))
+            shuffled = signs[rng.random((n_permutations, 2 * k)).argsort(axis=1)]  # [permutations, 2k]: first k LoRA
+            null += (shuffled[:, :k] == shuffled[:, k:]).sum(axis=1)
+            observed, cells = observed + int((signs[:k] == signs[k:]).sum()), cells + k
+        rows[s] = dict(agreement=observed / cells, null=null.mean() / cells,
+                       p_value=(1 + int((null >= observed).sum())) / (1 + n_permutations))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["agreement", "null", "p_value"]).rename_axis("seed")
+    return table.assign(excess=table.agreement - table.null)
 
 def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tuple[str, ClaimResult | dict]]:
     """Claim id -> (what was measured, its `ClaimResult`, or for a composite claim its parts by name): every effect
@@ -906,16 +923,14 @@ def _claims_measurements(scores: pd.DataFrame, parameters: dict) -> dict[int, tu
     gaps = {p: pd.concat({b: paired_difference(peft_runs[peft_runs.peft == p], ["model", "seed"], "method", "dpo", "sft", b)
                           for b in BENCHMARKS if peft_runs.empty or peft_runs[b].notna().any()},  # paper: alpaca not run
                      names=["benchmark"]) for p in PEFTS}
-    excess, agree, total = [], 0, 0
-    if all(len(g) for g in gaps.values()):
-        both = pd.concat(gaps, axis=1).dropna()
-        for seed, cells in both.groupby(level="seed"):
-            excess.append((seed, _agreement_over_chance(cells["lora"], cells["qlora"])))
-            agree, total = agree + int((np.sign(cells["lora"]) == np.sign(cells["qlora"])).sum()), total + len(cells)
-    excess = pd.Series(dict(excess), dtype=float)
-    out[7] = (f"sign of DPO - SFT (per model and benchmark) agrees between LoRA and QLoRA in {agree} of {total} cells; "
-              f"agreement minus its permutation-null mean per seed {_mean_text(excess)}",
-              _effect(excess, "positive", "one PEFT method was run"))
+    both = pd.concat(gaps, axis=1).dropna() if all(len(g) for g in gaps.values()) else pd.DataFrame()
+    null = label_shuffle_null(both) if len(both) else pd.DataFrame(columns=["excess", "p_value"], dtype=float)
+    agree = int((np.sign(both["lora"]) == np.sign(both["qlora"])).sum()) if len(both) else 0
+    out[7] = (f"sign of DPO - SFT (per model and benchmark) agrees between LoRA and QLoRA in {agree} of {len(both)} cells; "
+              f"agreement minus its mean under the null (LoRA / QLoRA labels shuffled within model x seed, {PERMUTATIONS} "
+              f"permutations) per seed {_mean_text(null['excess'])}, permutation p per seed "
+              f"{', '.join(f'{p:.3f}' for p in null['p_value']) or 'n/a'}",
+              _effect(null["excess"], "positive", "one PEFT method was run"))
     # 8: the all-four DARE merge - the best other adapter (single or merge of two) of the same model, method, seed
     adapters = merged.assign(adapter=np.where(merged["merge"] == "none", merged.preference, merged["merge"]))
     wide = adapters[adapters.adapter.isin(["harmless", "helpful", *MERGES])].pivot_table(
