@@ -33,18 +33,19 @@ from .world import ToyWorld, WorldConfig, sentiment_score
 # %% auto #0
 __all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 'PRETRAIN_BATCH', 'PRETRAIN_LR',
            'PRETRAINED_PAIR', 'REPLICATES', 'RUN_KEYS', 'REDRAWS', 'NO_VALUES', 'NO_CONTROLS', 'TRACKING_THRESHOLD',
-           'THEORY_RANGE', 'CROSSING_RANGE', 'logit', 'crossing_point', 'initial_slope', 'fit_knee', 'resolve_plan',
-           'spec_label', 'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData', 'sentiment_data',
-           'behaviour_probe', 'reversed_data', 'preference_pairs', 'rebound_run', 'rebound_experiments',
-           'rebound_replicate', 'sft_snapshots', 'answer_dataset', 'resistance_pair', 'resistance_data',
-           'resistance_replicate', 'resistance_gaps', 'strength_cells', 'strength_replicate', 'experiment_runs',
-           'run_replicate', 'grid_plan', 'curve_summary', 'strength_summary', 'censored', 'censored_crossings',
-           'strength_map', 'elasticity_claims', 'strength_text', 'plot_resistance', 'plot_rebound', 'plot_controls',
-           'plot_variants', 'plot_strength_map', 'plot_trends', 'plot_theory', 'negatives_table', 'closing_text']
+           'THEORY_RANGE', 'PAPER_SIZE_SLOPE', 'CROSSING_RANGE', 'logit', 'crossing_point', 'initial_slope', 'fit_knee',
+           'resolve_plan', 'spec_label', 'plan_models', 'ladder_replicate', 'pretrain_ladder', 'SentimentData',
+           'sentiment_data', 'behaviour_probe', 'reversed_data', 'preference_pairs', 'rebound_run',
+           'rebound_experiments', 'rebound_replicate', 'sft_snapshots', 'answer_dataset', 'resistance_pair',
+           'resistance_data', 'resistance_replicate', 'resistance_gaps', 'strength_cells', 'strength_replicate',
+           'experiment_runs', 'run_replicate', 'grid_plan', 'curve_summary', 'strength_summary', 'censored',
+           'censored_crossings', 'censored_fit', 'size_fits', 'strength_map', 'elasticity_claims', 'strength_text',
+           'plot_resistance', 'plot_rebound', 'plot_controls', 'plot_variants', 'plot_strength_map', 'plot_trends',
+           'plot_size_trend', 'plot_theory', 'negatives_table', 'closing_text']
 
 # %% ../nbs/03a_elasticity.ipynb #36c3926c
 SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
-    "toy": dict(sizes=["xxs", "xs", "s"],  # "m" left out: at 16k tokens it ended under-trained (a worse loss than "s")
+    "toy": dict(sizes=["xxs", "xs", "s", "m", "l"],  # each pre-trained until it reaches `target_loss` (matched loss)
                 n_pos=[32, 128, 512], n_neg=[0, 8, 16, 32, 48, 64, 96, 128, 192, 256],
                 lr=5e-4, peft="none", score="share", resist_n=96, resist_prompts=48),
     # small: in a first one-seed run on [0 .. 48] negatives the curves still sped up at the end and the DPO and reversed
@@ -63,7 +64,7 @@ SCALE_DEFAULTS = {  # scale -> the values of the knobs left at None
 PAPER_PRESET = "ji_elasticity"  # alignrepro.align.PRESETS entry with the paper's hyper-parameters
 
 DEFAULTS = dict(scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/elasticity", executor="pool", max_parallel=None, sizes=None, main_size="xs", model_name=None,
-                pretrain_tokens=16_000, pretrain_per_seed=True, token_fractions=[0.25, 0.5, 1.0],
+                pretrain_tokens=16_000, pretrain_per_seed=True, target_loss=2.0, size_tokens=64_000, token_fractions=[0.25, 0.5, 1.0],
                 k_fractions=[0.03, 0.1, 0.3, 1.0], k_n_pos=2, map_lrs=[1e-4, 2.2e-4, 5e-4], map_epochs=[1, 2], pos_share=0.7,
                 control_pos_share=0.3, review_share=0.6, n_pos=None, n_neg=None, lr=None, pos_epochs=3, batch_size=8,
                 kl_threshold=0.05, resist_n=None, resist_prompts=None, n_eval=32, theory_points=4, hub_data=None,
@@ -80,6 +81,7 @@ RULES = {**COMMON_RULES,
          "main_size": Rule("a toy rung from alignrepro.models.LADDER", lambda v: v in LADDER),
          "model_name": optional(text()),
          "pretrain_tokens": number(lo=1000, integer=True), "pretrain_per_seed": boolean(),
+         "target_loss": optional(number(lo=0)), "size_tokens": number(lo=1000, integer=True),
          "token_fractions": number_list(min_len=2, lo=0.01, hi=1), "k_fractions": number_list(min_len=2, lo=0.001, hi=1),
          "k_n_pos": number(lo=1, integer=True), "map_lrs": number_list(min_len=1, lo=0, hi=1),
          "map_epochs": number_list(min_len=1, lo=1, integer=True),
@@ -196,7 +198,12 @@ def _toy_models(params: dict, sizes: list[str]) -> dict:
         seed=None if params["pretrain_per_seed"] else 0, checkpoints=checkpoints, fraction=fraction,
         recipe=dict(batch_size=PRETRAIN_BATCH, lr=PRETRAIN_LR)).to_dict()
     main, share = params["main_size"], params["pos_share"]
-    return dict(main=toy(main, share, 1.0), size=[toy(size, share, 1.0) for size in sizes],
+    matched = lambda size: ModelSpec(  # constant lr after warm-up, stopped where the loss first reaches the target
+        size=size, world=_world(share, params["review_share"]), n_tokens=params["size_tokens"],
+        seed=None if params["pretrain_per_seed"] else 0, recipe=dict(batch_size=PRETRAIN_BATCH, lr=PRETRAIN_LR,
+                                                                     schedule="constant", target_loss=params["target_loss"])).to_dict()
+    size = [toy(size, share, 1.0) if params["target_loss"] is None else matched(size) for size in sizes]
+    return dict(main=toy(main, share, 1.0), size=size,
                 tokens=[toy(main, share, fraction) for fraction in sorted(params["token_fractions"])],
                 k_sweep=[toy(main, share, fraction) for fraction in sorted(params["k_fractions"])],
                 control_share=toy(main, params["control_pos_share"], 1.0), never=toy(main, share, 0.0))
@@ -513,6 +520,17 @@ def _pretrain_tokens(plan: dict, spec: dict) -> float:
     return float(plan["token_counts"].get(spec["name"], float("nan")))
 
 
+def _pretrain_stats(plan: dict, spec: dict, seed: int, store: RunStore) -> dict:
+    """`pretrain_tokens` and `pretrain_loss` (mean of the 10 steps before the checkpoint) of a model: a run stopped at a
+    target loss counts the tokens it read; hub models have the plan's count and no loss."""
+    if spec["kind"] != "toy":
+        return dict(pretrain_tokens=_pretrain_tokens(plan, spec), pretrain_loss=float("nan"))
+    log = pretrained(ModelSpec(**spec).for_seed(seed), store).log
+    step, stopped = round(spec["fraction"] * len(log)), spec["recipe"].get("target_loss") is not None
+    return dict(pretrain_tokens=float(log.tokens.iloc[-1]) if stopped else _pretrain_tokens(plan, spec),
+                pretrain_loss=float(log.loss.iloc[max(0, step - 10):step].mean()) if step else float("nan"))
+
+
 def _rebound_models(plan: dict) -> list[tuple[dict, list[tuple[int, str]]]]:
     "Each model the rebound experiments use, with every (N_pos, variant) run on it (a run two experiments share, once)."
     models = {}
@@ -536,7 +554,7 @@ def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
         main, sweep = spec == plan["models"]["main"], spec in plan["models"]["k_sweep"]  # KL read on main, bpt on the sweep
         runs += [rebound_run(model, tokenizer, data, n, plan, seed, variant, kl=main and variant == "sft",
                              bpt=(main or sweep) and variant == "sft" and bool(plan["models"]["k_sweep"])).assign(
-            params=model.num_parameters(), pretrain_tokens=_pretrain_tokens(plan, spec), model=spec_label(spec),
+            params=model.num_parameters(), **_pretrain_stats(plan, spec, seed, store), model=spec_label(spec),
             pos_share=share) for n, variant in wanted]
     curves = pd.concat(runs, ignore_index=True)
     pick = lambda spec, n, variant: (curves.model == spec_label(spec)) & (curves.n_pos == n) & (curves.variant == variant)
@@ -740,6 +758,7 @@ def curve_summary(curves: pd.DataFrame,  # `experiment_runs(..., 'rebound', ...)
         slope_pre, slope_align = _slope(x[lead], run["bpt_pre"].to_numpy()[lead]), _slope(x[lead], run["bpt_align"].to_numpy()[lead])
         first = run.iloc[0]
         rows.append(dict(zip(RUN_KEYS, key), params=first["params"], pretrain_tokens=first["pretrain_tokens"],
+                         pretrain_loss=first.get("pretrain_loss", np.nan),
                          pos_share=first.get("pos_share", np.nan), post_score=float(run[score].iloc[0]), end_score=float(run[score].iloc[-1]),
                          base_score=float(run[f"base_{score}"].iloc[0]), crossing=crossing_point(x, y, base),
                          kl_crossing=crossing_point(x, run["kl"].to_numpy(), kl_threshold),
@@ -778,6 +797,42 @@ def censored_crossings(summary: pd.DataFrame  # `curve_summary` rows
     "The rows with `crossing_c` and `matched_c`: the crossing counted from N_neg 0 and from the matched score, censored."
     return summary.assign(crossing_c=censored(summary.crossing, summary.n_neg_max),
                           matched_c=censored(summary.crossing - summary.matched_start, summary.n_neg_max))
+
+# %% ../nbs/03a_elasticity.ipynb #e13a0002
+def censored_fit(x: Sequence[float],  # the regressor (e.g. log parameters)
+                 y: Sequence[float],  # the response; for a censored point, the value it is known to be at least
+                 censored: Sequence[bool],  # True where y is right-censored (the run never got there)
+                 min_sigma: float = 0.05,  # the smallest noise scale the fit may take
+                ) -> dict:
+    """Censored-normal (Tobit) maximum-likelihood line y = a + b x + N(0, sigma^2) with right-censored points:
+    `intercept`, `slope`, `sigma`, `n`, `n_censored` (slope NaN with fewer than 2 uncensored points at distinct x)."""
+    from scipy.optimize import minimize
+    from scipy.special import log_ndtr
+    x, y, censored = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(censored, dtype=bool)
+    out = dict(intercept=np.nan, slope=np.nan, sigma=np.nan, n=len(x), n_censored=int(censored.sum()))
+    if len(np.unique(x[~censored])) < 2:
+        return out
+    slope, intercept = np.polyfit(x[~censored], y[~censored], 1)
+    start = [intercept, slope, math.log(max(np.std(y[~censored] - intercept - slope * x[~censored]), min_sigma, 1e-3))]
+
+    def nll(theta):
+        a, b, log_sigma = theta
+        z = (y - a - b * x) / math.exp(log_sigma)  # standardised residuals
+        exact = -0.5 * z[~censored] ** 2 - 0.5 * math.log(2 * math.pi) - log_sigma  # log density of an uncensored point
+        return -(exact.sum() + log_ndtr(-z[censored]).sum())  # log P(beyond its value) of a censored one
+    fit = minimize(nll, start, method="L-BFGS-B", bounds=[(None, None), (None, None), (math.log(min_sigma), None)])
+    return dict(out, intercept=float(fit.x[0]), slope=float(fit.x[1]), sigma=float(math.exp(fit.x[2])))
+
+
+def size_fits(summary: pd.DataFrame,  # `curve_summary` rows
+              experiment: str = "size",  # the experiment whose runs differ in size
+             ) -> pd.DataFrame:
+    """One `censored_fit` per seed of log negatives to cross the pre-trained score on log parameters, runs that never
+    cross right-censored at the grid's end: `seed`, `intercept`, `slope`, `sigma`, `n`, `n_censored`."""
+    rows = summary[summary.experiment == experiment]
+    fits = [dict(seed=seed, **censored_fit(np.log(g.params), np.log(np.maximum(g.crossing.fillna(g.n_neg_max), 1)),
+                                           g.crossing.isna())) for seed, g in rows.groupby("seed")]
+    return pd.DataFrame(fits, columns=["seed", "intercept", "slope", "sigma", "n", "n_censored"])
 
 # %% ../nbs/03a_elasticity.ipynb #adb15b2d
 def _per_seed(frame: pd.DataFrame, fn: Callable[[pd.DataFrame], float]) -> list[float]:
@@ -871,6 +926,7 @@ def strength_map(strength: pd.DataFrame  # `strength_summary` rows
 
 TRACKING_THRESHOLD = 0.5  # knee_tracks_share: the knee must move at least half as far as the pre-trained level
 THEORY_RANGE = (0.5, 2.0)  # theory_k: the log-log slope's interval must lie in this range (theory: 1; issue 13)
+PAPER_SIZE_SLOPE = math.log(350 / 700) / math.log(7 / 0.5)  # size_faster: the paper's Qwen 0.5B / 7B crossings, log-log
 CROSSING_RANGE = (0.05, 1.0)  # rebound_crossing: negatives per positive example seen, the paper's 500-1000 after 1k-10k
 
 
@@ -984,14 +1040,21 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
                     "implied by the compression account; not tested in the paper",
                     "per seed, log10 slow-down of the pre-trained minus the never-pre-trained model (> 0)",
                     _effect(never) if controlled else untested(NO_CONTROLS)))
-    for claim_id, frame, x, what, paper in [
-            ("size_faster", sizes, "params", "Larger models", "Qwen 0.5B / 4B / 7B cross after ~700 / 450 / 350 negatives"),
-            ("data_faster", tokens, "pretrain_tokens", "Models pre-trained on more tokens",
-             "TinyLlama 2.0T / 2.5T / 3.0T: more pre-training, faster rebound")]:
-        values = _per_seed(frame, lambda g: _trend(g, x, "crossing_c"))
-        rows.append(row(claim_id, f"{what} fall to the pre-trained score after fewer negatives.", paper,
-                        f"per seed, slope of the negatives to cross the pre-trained score (never: 2x the grid's end) "
-                        f"per doubling of {x.replace('_', ' ')} (< 0)", _effect(values, "negative")))
+    fits = size_fits(summary)
+    loss = sizes.groupby("model")["pretrain_loss"].mean() if "pretrain_loss" in sizes else pd.Series(dtype=float)
+    matched = (f"each rung pre-trained until its loss reached the target (mean final loss per rung {loss.min():.2f} to "
+               f"{loss.max():.2f} nats/token)" if loss.notna().any() else "the models as released")
+    rows.append(row("size_faster", "Larger models fall to the pre-trained score after fewer negatives.",
+                    f"Qwen 0.5B / 4B / 7B cross after ~700 / 450 / 350 negatives (a log-log slope of about {PAPER_SIZE_SLOPE:.2f})",
+                    f"per seed, the censored (Tobit) maximum-likelihood slope of log negatives to cross the pre-trained "
+                    f"score on log parameters over {sizes.model.nunique()} sizes, {matched}; runs that never cross are "
+                    f"right-censored at the grid's end ({int(fits.n_censored.sum())} of {int(fits.n.sum())} runs) (< 0)",
+                    _effect(fits.slope.dropna().tolist(), "negative")))
+    values = _per_seed(tokens, lambda g: _trend(g, "pretrain_tokens", "crossing_c"))
+    rows.append(row("data_faster", "Models pre-trained on more tokens fall to the pre-trained score after fewer negatives.",
+                    "TinyLlama 2.0T / 2.5T / 3.0T: more pre-training, faster rebound",
+                    "per seed, slope of the negatives to cross the pre-trained score (never: 2x the grid's end) "
+                    "per doubling of pretrain tokens (< 0)", _effect(values, "negative")))
     for claim_id, frame, x, what in [("size_faster_matched", sizes, "params", "Larger models"),
                                      ("data_faster_matched", tokens, "pretrain_tokens", "Models pre-trained on more tokens")]:
         values = _per_seed(frame, lambda g: _trend(g, x, "matched_c"))
@@ -1164,6 +1227,41 @@ def plot_trends(summary: pd.DataFrame, out_dir: str | Path):
     fig.suptitle("Size and pre-training data trends (one line per seed)")
     fig.tight_layout()
     save_figure(fig, out_dir, "trends.png")
+    return fig
+
+
+def plot_size_trend(summary: pd.DataFrame,  # `curve_summary` rows
+                    out_dir: str | Path,  # where the png goes
+                   ):
+    "Negatives to cross the pre-trained score against parameters (log-log), censored runs drawn at the grid's end, with each seed's Tobit line and their mean."
+    rows, fits = summary[summary.experiment == "size"], size_fits(summary)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for (seed, group), color in zip(rows.groupby("seed"), sns.color_palette("tab10")):
+        crossed = group[group.crossing.notna()]
+        ax.scatter(crossed.params, np.maximum(crossed.crossing, 1), color=color, s=40, label=f"seed {seed}")
+        never = group[group.crossing.isna()]
+        ax.scatter(never.params, never.n_neg_max, facecolors="none", edgecolors=color, marker="^", s=70)
+        fit = fits[fits.seed == seed]
+        if len(fit) and np.isfinite(fit.slope.iloc[0]):
+            x = np.geomspace(rows.params.min(), rows.params.max(), 20)
+            ax.plot(x, np.exp(fit.intercept.iloc[0] + fit.slope.iloc[0] * np.log(x)), color=color, lw=0.8, alpha=0.7)
+    ok = fits.dropna()
+    if len(ok) and len(rows):
+        x = np.geomspace(rows.params.min(), rows.params.max(), 20)
+        ax.plot(x, np.exp(ok.intercept.mean() + ok.slope.mean() * np.log(x)), "k-", lw=2.5, label="mean fit")
+        ax.plot(x, np.exp(ok.intercept.mean() + ok.slope.mean() * np.log(x.mean())) * (x / x.mean()) ** PAPER_SIZE_SLOPE,
+                "k:", lw=1.5, label=f"paper's slope {PAPER_SIZE_SLOPE:.2f}")
+    ax.scatter([], [], facecolors="none", edgecolors="grey", marker="^", label="never crossed (censored)")
+    result = _effect(ok.slope.tolist(), "negative")
+    if len(rows):
+        ax.set(xscale="log", yscale="log")
+    ax.set(xlabel="parameters", ylabel="negatives to cross the pre-trained score",
+           title=f"Tobit slope of log crossing on log size: {result.estimate:.2f} [{result.ci_low:.2f}, {result.ci_high:.2f}] "
+                 f"over {result.n} seeds ({result.verdict})\n{int(fits.n_censored.sum())}/{int(fits.n.sum())} runs never crossed "
+                 f"(triangles at the grid's end); sizes at a matched pre-training loss")
+    ax.title.set_fontsize(10)
+    ax.legend(fontsize=8, ncol=2)
+    save_figure(fig, out_dir, "size_trend.png")
     return fig
 
 

@@ -240,6 +240,7 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
                callback: Callable[[PreTrainedModel, int, int], None] | None = None,  # (model, step, examples seen), at 0 and after each step
                device: torch.device | str | None = None,  # where to train; None: where the model is
                desc: str = "training",  # progress bar label
+               until_loss: float | None = None,  # stop once the mean loss of the last 10 steps is at most this; None: every batch
               ) -> pd.DataFrame:
     "Train on `batches` once, in order, with the loss on `loss_mask`; the per-step log (step, examples, tokens, loss, lr, tokens_per_s)."
     model = model.to(device) if device is not None else model
@@ -273,6 +274,8 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
         progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)  # at the bar's own pace
         if callback is not None:
             callback(model, step, examples)
+        if until_loss is not None and step >= 10 and sum(r["loss"] for r in rows[-10:]) / 10 <= until_loss:
+            break
     model.eval()
     return pd.DataFrame(rows)
 
@@ -324,6 +327,7 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
              pack: bool = False,  # rows of several whole documents up to `max_len` (in-context use); False: one per row
              device: str | None = "cpu",  # where to train ("cpu" is reproducible); None picks the best
              force: bool = False,  # retrain even if cached
+             target_loss: float | None = None,  # stop once the mean loss of the last 10 steps is at most this (checkpoints not reached are saved there); None: the whole budget
             ) -> PretrainedToy:
     "Pre-train a toy model on the world's text, saving checkpoints; cached, so a second call returns at once."
     validate(dict(n_tokens=n_tokens, checkpoints=list(checkpoints), schedule=schedule, lr=lr, batch_size=batch_size),
@@ -333,7 +337,8 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
     params = dict(study="pretrain", version=_PRETRAIN_VERSION, world=asdict(world_config), size=size, arch=arch,
                   model=toy_config(size, len(SPECIAL_TOKENS), arch, max_len).to_diff_dict() | {"vocab_size": None},
                   n_tokens=n_tokens, seed=seed, checkpoints=list(checkpoints), lr=lr, batch_size=batch_size,
-                  schedule=schedule, weight_decay=weight_decay, max_len=max_len) | (dict(pack=True) if pack else {})
+                  schedule=schedule, weight_decay=weight_decay, max_len=max_len) | (dict(pack=True) if pack else {}) | (
+                  dict(target_loss=target_loss) if target_loss is not None else {})
 
     def build(folder: Path) -> None:
         world = ToyWorld(world_config)
@@ -352,7 +357,9 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
         log = train_loop(model, [_documents(batch, tokenizer.pad_token_id) for batch in batches], lr, schedule,
                          warmup=True, weight_decay=weight_decay, betas=(0.9, 0.95), max_grad_norm=1.0,
                          callback=lambda model, step, examples: save[step]() if step in save else None,
-                         device=get_device(device), desc="pre-training")
+                         device=get_device(device), desc="pre-training", until_loss=target_loss)
+        for step in [step for step in save if step > len(log)]:  # stopped at the target loss: the rest saved there
+            save[step]()
         log.to_parquet(folder / "log.parquet", index=False)
         print(f"pre-trained {size}/{arch} ({model.num_parameters() / 1e6:.2f}M parameters): "
               f"{log.tokens.iloc[-1]:,} tokens in {log.tokens.iloc[-1] / log.tokens_per_s.iloc[-1]:.1f} s, "
