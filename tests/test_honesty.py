@@ -17,7 +17,7 @@ from alignrepro.honesty import (EVAL_SPLITS, METHODS, SCALE_DEFAULTS, PAPER_IDK_
                                 knowledge_vs_truth, real_question_table, resolve_plan, response_label, run_study,
                                 score_table, shuffled_knowledge, stated_confidence, toy_judge, toy_question_table,
                                 training_set, instruction_set, read_authors_data, read_nonambigqa, read_pkqa,
-                                read_puqa, read_triviaqa_labels, PKQA_LIMIT)
+                                read_puqa, read_triviaqa_labels, PKQA_LIMIT, labelled_knowledge, question_table)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -192,6 +192,40 @@ def test_each_of_the_authors_file_formats_is_read_from_the_fixtures():
     made_up = table[table.split == "puqa"]
     assert len(made_up) == 2 and set(made_up.question) <= set(puqa.question) and (table.split == "ood").sum() == 2
     assert resolve_plan("paper", paper_data=str(DATA))["paper_data"] == str(DATA)
+
+
+def test_the_paper_path_trains_on_the_authors_labels_and_scores_their_pkqa():
+    authors = read_authors_data(DATA)
+    labels, pkqa = authors["triviaqa"], authors["pkqa"]
+    assert list(labels.columns[:6]) == ["question", "answer", "greedy", "greedy_correct", "samples", "samples_correct"]
+    assert list(labels.greedy_correct) == [True, False, False] and labels.samples_correct.map(sum).tolist() == [7, 1, 0]
+    assert list(pkqa.columns[:4]) == ["question", "answer", "aliases", "family"] and pkqa.answer.str.len().gt(0).all()
+    assert resolve_plan("paper", paper_data=str(DATA))["authors_labels"]
+    assert not resolve_plan("paper", paper_data=str(DATA), authors_labels=False)["authors_labels"]
+    assert not resolve_plan("paper", paper_data=str(DATA / "nowhere")).get("authors_labels")  # no labels file there
+    plan = resolve_plan("paper", paper_data=str(DATA), hub_data=str(DATA.parent), subset=3)
+    table = question_table(plan, _Template(), None, seed=0)
+    train = table[table.split == "train"]
+    assert list(train.question) == list(labels.question) and (table.split == "in_domain").sum() == 3
+    assert set(table[table.split == "pkqa"].question) == set(pkqa.question)  # PKQA is a split of its own
+    knowledge = labelled_knowledge(train, labels, plan["tau"])
+    assert list(knowledge.known) == [True, True, False] and list(knowledge.expected_accuracy) == [0.7, 0.1, 0.0]
+    assert training_set(knowledge, "absolute", PAPER_STYLE).refusal.tolist() == [False, False, True]
+    unplanned = question_table(resolve_plan("paper", paper_data=str(DATA), hub_data=str(DATA.parent), subset=3,
+                                            authors_labels=False), _Template(), None, seed=0)
+    assert list(unplanned.split.value_counts()[["train", "in_domain"]]) == [2, 1]  # halves of TriviaQA validation
+    given = pd.DataFrame(dict(seed=0, qid=[0, 1, 2], split=["in_domain", "pkqa", "pkqa"], label="correct",
+                              greedy_correct=True, expected_accuracy=1.0))
+    answers = given.assign(method="multisample", label=["correct", "idk", "correct"])
+    scores = score_table(given, answers).set_index(["method", "split"])
+    assert scores.loc[("multisample", "pkqa"), "n"] == 2 and scores.loc[("multisample", "pkqa"), "over_conservativeness"] == 0.5
+
+
+class _Template:
+    "A tokenizer stand-in for `chat_prompt`: the user text, unchanged."
+
+    def apply_chat_template(self, turns, tokenize=False, add_generation_prompt=True):
+        return turns[-1]["content"]
 
 
 def test_resolve_plan_covers_three_scales_and_rejects_bad_values():
