@@ -252,7 +252,9 @@ def spec_label(spec: dict  # a model spec of the plan
     "A short name for a model: rung, pre-training share and tokens (toy), or the model's name."
     if spec["kind"] != "toy":
         return ModelSpec(**spec).label()
-    share = ModelSpec(**spec).world_config().sentiment_pos_share
+    share, target = ModelSpec(**spec).world_config().sentiment_pos_share, spec["recipe"].get("target_loss")
+    if target is not None:  # trained until it reached the target loss: its tokens differ per seed
+        return f"{spec['size']} p={share:g} loss={target:g}"
     return f"{spec['size']} p={share:g} tokens={spec['fraction'] * spec['n_tokens']:,.0f}"
 
 
