@@ -201,6 +201,25 @@ def test_small_scale_cell_runs(tmp_path, monkeypatch):
     assert set(table.method) == {"none", "sft"} and table.score.between(0, 1).all()
 
 
+def test_small_scale_trains_on_the_shipped_files_and_evaluates_held_out_items():
+    "Small scale: the HH-RLHF / PKU-SafeRLHF files through the adapters, a sample per seed, no evaluated item in them."
+    from alignrepro.peft_grid import at_scale, fixture_leaks, small_eval_sets, chapter_world
+    plan = resolve_plan("small")
+    assert {s["adapter"] for s in plan["data"].values()} == {"hh_rlhf", "beavertails"}
+    check = fixture_leaks(plan, 0, 8).iloc[0]
+    assert check.leaked == "" and check.training_sets == 4 and check.questions == 4 * 8
+    sets = small_eval_sets(ToyWorld(chapter_world(0)), 8)
+    planted = training_pairs(plan, ToyWorld(), "beavertails", "harmless", 8, "smollm2-instruct", seed=0)
+    planted = planted.map(lambda row, i: {"prompt": sets["toxicity"]["prompt"][0] if i == 0 else row["prompt"]}, with_indices=True)
+    assert len(leaked_prompts(sets, [planted])) == 1  # a leak is found
+    draws = [training_pairs(plan, ToyWorld(), "beavertails", "mix", 8, "smollm2-instruct", seed=s)["prompt"] for s in (0, 1)]
+    assert len(draws[0]) == 8 and draws[0] != draws[1]
+    params = at_scale(PEFT_GRID.parameters(scale="small"))
+    assert params["pefts"] == ["lora"] and not params["quality_block"]
+    cells = pd.DataFrame(design_cells(params))
+    assert set(cells.model) == {"smollm2-instruct"} and cells.seed.nunique() == 5
+
+
 def test_command_line_checks_parameters_before_running():
     from alignrepro.cli import main
     with pytest.raises(ParameterError, match="design"):
