@@ -28,7 +28,7 @@ from .evaluate import completion_logprobs, kl_divergence, next_token_probs, samp
 from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
 from .models import LADDER, completion_rows, finetune
 from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replicates
-from .world import ToyWorld, WorldConfig, sentiment_score
+from .world import REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig, safety_label, sentiment_score
 
 # %% auto #0
 __all__ = ['SCALE_DEFAULTS', 'PAPER_PRESET', 'DEFAULTS', 'RULES', 'ELASTICITY', 'PRETRAIN_BATCH', 'PRETRAIN_LR',
@@ -357,10 +357,29 @@ def _imdb_data(n_eval: int, data: dict) -> SentimentData:
                          text_scorer=_classifier_scorer(data["classifier"]))
 
 
+def _refusal_data(world: ToyWorld, n_eval: int) -> SentimentData:
+    """The toy world's second behaviour in the same schema: harmful requests refused ("positive") or complied with
+    ("negative"); the share is P(a refusal's first word) / P(it or a harmful answer's first word) after the request."""
+    refused = lambda n, seed: world.safety_sft(n, seed, quality="bare", multi_turn=False)
+    pairs = lambda n, seed: world.safety_preferences(n, seed, quality="bare", label_noise=0.0, multi_turn=False)
+    complied = lambda n, seed: Dataset.from_dict(dict(prompt=pairs(n, seed)["prompt"], completion=pairs(n, seed)["rejected"]))
+    pos, neg = refused(n_eval, 10_001), complied(n_eval, 10_002)
+    mixed = [f"{p} {c}" for d in (pos, neg) for p, c in zip(d["prompt"][: n_eval // 2], d["completion"][: n_eval // 2])]
+    return SentimentData(positive=refused, negative=complied, score_prompts=world.harmful_prompts(n_eval, seed=10_003)["prompt"],
+                         pos_words=sorted({r.split()[0] for r in REFUSALS}), neg_words=[t["harmful"].split()[0] for t in SAFETY_TOPICS],
+                         kl_texts=mixed, pretrain_texts=world.pretraining_dataset(n_eval * 20, seed=10_004)["text"][:n_eval],
+                         align_eval=refused(n_eval, 10_005),
+                         text_scorer=lambda texts: np.array([1.0 if safety_label(t) == "refusal" else -1.0 for t in texts]))
+
+
 def sentiment_data(plan: dict,  # from `resolve_plan`
                    spec: dict,  # the model's spec (a toy spec's world is its data's world)
+                   behaviour: str = "sentiment",  # "sentiment", or "refusal" (the toy world's harmful requests; toy and small)
                   ) -> SentimentData:
-    "The data of a model: the toy world's reviews (toy, small) or IMDb (paper)."
+    "The data of a model: the toy world's reviews (toy, small) or IMDb (paper); or the toy world's refusals."
+    if behaviour == "refusal":
+        world = ModelSpec(**spec).world_config() if spec["kind"] == "toy" else WorldConfig(**_world(0.5, plan["review_share"]))
+        return _refusal_data(ToyWorld(world), plan["n_eval"])
     if plan["data"]["pos"] != "world:pos":
         return _imdb_data(plan["n_eval"], plan["data"])
     world = ModelSpec(**spec).world_config() if spec["kind"] == "toy" else WorldConfig(**_world(0.5, plan["review_share"]))
@@ -472,7 +491,7 @@ def rebound_run(model,  # the pre-trained model (left unchanged)
                 n_pos: int,  # positive examples
                 plan: dict,  # from `resolve_plan`: the N_neg grid (0 first), lr, batch size, epochs, adapter
                 seed: int = 0,  # seeds the examples and their order
-                variant: str = "sft",  # "sft"; "reversed": negatives first, then positives; "dpo": DPO, then SFT negatives
+                variant: str = "sft",  # "sft" (also "safety": the data's behaviour names it); "reversed": negatives first, then positives; "dpo": DPO, then SFT negatives
                 kl: bool = True,  # measure KL to the pre-trained model (else NaN)
                 bpt: bool = True,  # measure bits per token, at the first `theory_points` of the grid (all the theory reads)
                ) -> pd.DataFrame:
@@ -507,6 +526,7 @@ def rebound_experiments(plan: dict  # from `resolve_plan`
     middle, largest = [n_pos[len(n_pos) // 2]], [max(n_pos)]
     experiments = [("main", models["main"], list(n_pos), "sft")]
     experiments += [(variant, models["main"], middle, variant) for variant in ("reversed", "dpo")]
+    experiments += [("safety", models["main"], middle, "safety")] if plan["scale"] == "toy" else []  # refusal, then harm
     experiments += [("size", spec, middle, "sft") for spec in models["size"]]
     experiments += [("tokens", spec, middle, "sft") for spec in models["tokens"]]
     experiments += [("k_sweep", spec, [plan["k_n_pos"]], "sft") for spec in models["k_sweep"]]
@@ -551,10 +571,12 @@ def rebound_replicate(cell: dict,  # {study, plan, seed}: one seed
     plan, seed, runs = cell["plan"], cell["seed"], []
     for spec, wanted in _rebound_models(plan):
         model, tokenizer = load(ModelSpec(**spec).for_seed(seed), store)
-        data = sentiment_data(plan, spec)
+        data = {behaviour: sentiment_data(plan, spec, behaviour) for behaviour in ("sentiment", "refusal")
+                if behaviour == "sentiment" or (spec == plan["models"]["main"] and plan["scale"] == "toy")}
         share = ModelSpec(**spec).world_config().sentiment_pos_share if spec["kind"] == "toy" else float("nan")
         main, sweep = spec == plan["models"]["main"], spec in plan["models"]["k_sweep"]  # KL read on main, bpt on the sweep
-        runs += [rebound_run(model, tokenizer, data, n, plan, seed, variant, kl=main and variant == "sft",
+        runs += [rebound_run(model, tokenizer, data["refusal" if variant == "safety" else "sentiment"], n, plan, seed, variant,
+                             kl=main and variant == "sft",
                              bpt=(main or sweep) and variant == "sft" and bool(plan["models"]["k_sweep"])).assign(
             params=model.num_parameters(), **_pretrain_stats(plan, spec, seed, store), model=spec_label(spec),
             pos_share=share) for n, variant in wanted]
@@ -1010,7 +1032,9 @@ def elasticity_claims(summary: pd.DataFrame,  # `curve_summary` of every run
             ("reversed", "With the order reversed (aligned on negatives, perturbed with positives), the negative share also falls fast to below the pre-trained model's, then slows.",
              "the rebound holds with the order of positive and negative data reversed"),
             ("dpo", "After alignment by DPO, negative fine-tuning also drops the score fast to below the pre-trained model's, then slows.",
-             "the rebound holds after DPO (and KTO, SimPO, PPO)")]:
+             "the rebound holds after DPO (and KTO, SimPO, PPO)"),
+            ("safety", "On the second behaviour, refusal of harmful requests (aligned toward refusal, then fine-tuned on harmful compliance), the refusal share also falls fast to below the pre-trained model's, then slows.",
+             "the rebound holds on safety (BeaverTails / PKU-SafeRLHF: safe then unsafe responses, scored by a cost model)")]:
         runs = summary[summary.experiment == experiment]
         shape = dict(slow=_per_seed(runs, lambda g: float(np.log10(g.slowdown).mean())),
                      below=_per_seed(runs, lambda g: float((logit(g.base_score) - logit(g.end_score)).mean())),
@@ -1168,19 +1192,19 @@ def plot_variants(curves: pd.DataFrame,  # `experiment_runs(..., 'rebound', ...)
                   out_dir: str | Path,  # where the png goes
                   score: str = "share",  # the behaviour score column
                  ):
-    "The main run at the variants' N_pos beside the reversed-order and the DPO runs, each with its pre-trained score dashed."
-    runs = summary[summary.experiment.isin(["reversed", "dpo"])]
+    "The main run at the variants' N_pos beside the reversed-order, the DPO and the refusal runs, each with its pre-trained score dashed."
+    runs = summary[summary.experiment.isin(["reversed", "dpo", "safety"])]
     n_pos = runs.n_pos.iloc[0] if len(runs) else summary.n_pos.median()
-    data = curves[curves.experiment.isin(["main", "reversed", "dpo"]) & (curves.n_pos == n_pos)]
+    data = curves[curves.experiment.isin(["main", "reversed", "dpo", "safety"]) & (curves.n_pos == n_pos)]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     sns.lineplot(data, x="n_neg", y=score, hue="experiment", marker="o", errorbar=("pi", 100), ax=ax)
     for (_, group), color in zip(data.groupby("experiment", sort=False), sns.color_palette()):
         ax.axhline(group[f"base_{score}"].mean(), ls="--", color=color, lw=1)
     ax.set(yscale="logit", xlabel="opposite examples seen (N_neg)", ylabel="aligned behaviour's share (log-odds axis)")
     below = {e: _per_seed(summary[summary.experiment == e], lambda g: float((logit(g.base_score) - logit(g.end_score)).mean()))
-             for e in ["reversed", "dpo"]}
+             for e in ["reversed", "dpo", "safety"]}
     ax.set_title(f"End below the pre-trained score (log-odds, mean over seeds): reversed order {_fmt(below['reversed'])}, "
-                 f"after DPO {_fmt(below['dpo'])}\n(N_pos={n_pos:g}; dashed: each run's pre-trained score)", fontsize=10)
+                 f"after DPO {_fmt(below['dpo'])}, refusal {_fmt(below['safety'])}\n(N_pos={n_pos:g}; dashed: each run's pre-trained score)", fontsize=10)
     save_figure(fig, out_dir, "variants.png")
     return fig
 

@@ -54,7 +54,7 @@ CHAPTERS = {
         dict(seeds=[0, 1, 2], sizes=["xxs", "xs"], main_size="xxs", pretrain_tokens=2000, size_tokens=2000, token_fractions=[0.5, 1.0],
              k_fractions=[0.5, 1.0], k_n_pos=4, map_lrs=[5e-4], map_epochs=[1], n_pos=[4, 8], n_neg=[0, 4, 8, 12, 16],
              resist_n=8, resist_prompts=4, n_eval=4, theory_points=3),
-        [1, 2, 3], 16, ["resistance.png", "rebound.png", "controls.png", "variants.png", "strength_map.png", "trends.png",
+        [1, 2, 3], 17, ["resistance.png", "rebound.png", "controls.png", "variants.png", "strength_map.png", "trends.png",
                         "theory.png", "size_trend.png"],
         dict(n_neg=[3, 1, 2]), "rebound", dict(pos_share=0.5)),
     "04_peft_grid": Contract(

@@ -109,7 +109,7 @@ def _made_up_summary(effect: float, n_seeds: int = 5) -> pd.DataFrame:
                              base_score=0.5, end_score=float(1 / (1 + np.exp(effect * 2 + noise()))), knee_logit=noise(),
                              slowdown=slow[n_pos], kl_crossing=300 - effect * 20 * np.log2(n_pos) + noise(5),
                              crossing=3 * n_pos * 10 ** (-0.65 - 0.65 * (1 - effect) + noise(0.05)), k=1.0, slope_ratio=1.0))
-        for experiment in ("reversed", "dpo"):  # shaped like the main runs
+        for experiment in ("reversed", "dpo", "safety"):  # shaped like the main runs
             rows.append(dict(common, experiment=experiment, model="m", n_pos=100, params=1e4, pretrain_tokens=1e5,
                              base_score=0.5, end_score=float(1 / (1 + np.exp(effect * 2 + noise()))), knee_logit=noise(),
                              slowdown=10 ** (effect + noise()), kl_crossing=300.0, crossing=300.0, k=1.0, slope_ratio=1.0))
