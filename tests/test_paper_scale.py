@@ -112,10 +112,13 @@ def test_peft_grid_paper_path_runs_in_miniature(run_chapter, tiny_lm, hub_data, 
 
 
 def test_honesty_paper_path_runs_in_miniature(run_chapter, tiny_lm, hub_data):
-    "TriviaQA from a local copy, the paper's chat format and recipe, m = 2 samples, 2 LoRA steps, 4 questions per split."
+    """TriviaQA from a local copy, the authors' files (their TriviaQA labels as the training knowledge, PKQA, PUQA,
+    Non-AmbigQA), the paper's chat format and recipe, m = 2 samples, 2 LoRA steps, 4 questions per split."""
     _, out_dir = run_chapter("06_honesty", scale="paper", model=str(tiny_lm), hub_data=str(hub_data), seeds=[0, 1],
-                             m=2, steps=2, batch_size=2, subset=4)
+                             m=2, steps=2, batch_size=2, subset=4, paper_data=str(hub_data / "alignment_for_honesty"))
     assert set(_claims(out_dir).verdict) == {"inconclusive"}
+    scores = pd.read_parquet(out_dir / "results.parquet")
+    assert (scores[scores.split == "pkqa"].n == 3).all()  # the authors' 3 PKQA questions (the copy repeats them)
 
 
 # --- the scorers ------------------------------------------------------------------------------------------------------
