@@ -38,13 +38,13 @@ from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREA
 # %% auto #0
 __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEWS', 'VIEWS', 'PREFERENCES', 'METHODS', 'PEFTS',
            'MERGES', 'FAMILY_SEEDS', 'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE',
-           'INSTRUCT_LR', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'EVAL_TOPICS', 'BBH_SHOTS', 'SMALL_ADAPTERS',
-           'SMALL_LORA_LAYERS', 'SMALL_LORA_TARGETS', 'SMALL_DEFAULTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION',
-           'CLAIM_IDS', 'PERMUTATIONS', 'chapter_world', 'pretrain_seed', 'resolve_plan', 'model_table', 'template',
-           'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data', 'source_table',
-           'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling', 'start_spec',
-           'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'small_data_dir', 'at_scale',
-           'chat_pairs', 'small_eval_sets', 'small_scores', 'fixture_leaks', 'checkpoint_steps', 'train_adapter',
+           'INSTRUCT_LR', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'SMALL_ADAPTERS', 'SMALL_LORA_LAYERS', 'SMALL_LORA_TARGETS',
+           'EVAL_TOPICS', 'BBH_SHOTS', 'SMALL_DEFAULTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS',
+           'PERMUTATIONS', 'chapter_world', 'pretrain_seed', 'small_data_dir', 'resolve_plan', 'model_table',
+           'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data',
+           'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling',
+           'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'at_scale', 'chat_pairs',
+           'small_eval_sets', 'small_scores', 'fixture_leaks', 'checkpoint_steps', 'train_adapter',
            'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan',
            'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'quality_runs',
            'quality_effects', 'claim_unit', 'label_shuffle_null', 'claims_table', 'score_heatmap', 'method_gap_heatmap',
@@ -131,6 +131,14 @@ def _check(p: dict) -> None:
 PEFT_GRID = Chapter(STUDY, DEFAULTS, RULES, _check)  # `PEFT_GRID.parameters(**given)`: the defaults, `given` laid over, checked
 
 # %% ../nbs/04a_peft_grid.ipynb #c4fb9158
+SMALL_ADAPTERS = {"beavertails": "beavertails", "hh-rlhf": "hh_rlhf"}  # dataset -> `alignrepro.data` adapter
+SMALL_LORA_LAYERS = 8  # LoRA on SmolLM2's top 8 of 30 layers: backward stops below them (as honesty's small scale)
+SMALL_LORA_TARGETS = rf".*\.layers\.({'|'.join(map(str, range(30 - SMALL_LORA_LAYERS, 30)))})\.(self_attn|mlp)\.\w+_proj"
+def small_data_dir() -> Path:
+    "The small scale's preference files: the checkout's `data/peft-small/`, laid out as the hub copies (`adapter_path`)."
+    import alignrepro
+    return Path(alignrepro.__file__).resolve().parents[1] / "data" / "peft-small"
+
 def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small" (SmolLM2-135M-Instruct) or "paper"
                  models: list[str] | None = None,  # model names; None: every model the scale has
                  size: str = "xs",  # toy: the LADDER rung of all four models
@@ -486,16 +494,8 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
                 **{k: _harmlessness(model, tokenizer, prompts[k], sets[k]) for k in HARMLESS})
 
 # %% ../nbs/04a_peft_grid.ipynb #a20sm002
-SMALL_ADAPTERS = {"beavertails": "beavertails", "hh-rlhf": "hh_rlhf"}  # dataset -> `alignrepro.data` adapter
-SMALL_LORA_LAYERS = 8  # LoRA on SmolLM2's top 8 of 30 layers: backward stops below them (as honesty's small scale)
-SMALL_LORA_TARGETS = rf".*\.layers\.({'|'.join(map(str, range(30 - SMALL_LORA_LAYERS, 30)))})\.(self_attn|mlp)\.\w+_proj"
 SMALL_DEFAULTS = dict(pefts=["lora"], merges=["dare_ties"], quality_block=False, checkpoints=[1.0],  # set from a 1-seed
                       steps=6, lr=1e-3, batch_size=4, n_train=24, n_eval=8)  # pilot, before the timed run (see above)
-
-def small_data_dir() -> Path:
-    "The small scale's preference files: the checkout's `data/peft-small/`, laid out as the hub copies (`adapter_path`)."
-    import alignrepro
-    return Path(alignrepro.__file__).resolve().parents[1] / "data" / "peft-small"
 
 def at_scale(params: dict,  # checked chapter parameters (`PEFT_GRID.parameters`)
             ) -> dict:
