@@ -595,7 +595,7 @@ SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training
                 eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None),
     "small": dict(model="smollm2", train_families=["capital"], ood_families=["city_country", "element_symbol"],
                   temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=8,
-                  batch_size=8, subset=36, lora_layers=8, sample_all=False, eval_batch_size=64),
+                  batch_size=16, subset=24, lora_layers=8, sample_all=False, eval_batch_size=64),
     "paper": dict(model="meta-llama/Llama-2-13b-chat-hf", data="mandarjoshi/trivia_qa", train_families=["triviaqa"],
                   ood_families=["capital", "city_country"], temperature=1.0, top_k=0, max_new_tokens=64, eval_max_new_tokens=128,
                   preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None),
