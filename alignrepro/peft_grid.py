@@ -494,8 +494,8 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
                 **{k: _harmlessness(model, tokenizer, prompts[k], sets[k]) for k in HARMLESS})
 
 # %% ../nbs/04a_peft_grid.ipynb #a20sm002
-SMALL_DEFAULTS = dict(pefts=["lora"], merges=["dare_ties"], quality_block=False, checkpoints=[1.0],  # set from a 1-seed
-                      steps=6, lr=1e-3, batch_size=4, n_train=24, n_eval=8)  # pilot, before the timed run (see above)
+SMALL_DEFAULTS = dict(pefts=["lora"], merges=[], preferences=["harmless", "helpful"], quality_block=False,  # the core
+                      checkpoints=[1.0], steps=6, lr=1e-3, batch_size=4, n_train=24, n_eval=8)  # block (see above)
 
 def at_scale(params: dict,  # checked chapter parameters (`PEFT_GRID.parameters`)
             ) -> dict:
