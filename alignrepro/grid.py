@@ -62,16 +62,23 @@ def _cell_threads(executor: str, slurm: dict | None) -> int:
     return 1 if executor == "pool" else int((slurm or {}).get("cpus_per_task", 1))
 
 
-_FORK_PRELOAD = ("peft", "trl")  # the training libraries (alignrepro imports them lazily): loaded once before forking
+_PRELOAD = ("peft", "trl")  # the training libraries (alignrepro imports them lazily): imported once, not per worker
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    "Worker processes, forked where the platform can (cells defined in a notebook then run as they are)."
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork":  # each worker would otherwise import them again (about 6 s of CPU)
-        for name in _FORK_PRELOAD:
+def _pool(workers: int, fn: Callable) -> ProcessPoolExecutor:
+    """Worker processes, forked from a fork server that has imported the training libraries and `fn`'s module.
+    Not forked from this process: a notebook kernel's threads (its output thread among them) can hold a lock at
+    the moment of the fork, and the child then hangs on its first print. A cell function defined in a notebook
+    (`__main__`) cannot be imported by the server: it runs in workers forked from here."""
+    methods = multiprocessing.get_all_start_methods()
+    if fn.__module__ != "__main__" and "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([*_PRELOAD, fn.__module__])  # read when the server starts: once a process
+    else:
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        for name in _PRELOAD:
             importlib.import_module(name)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=gc.freeze)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=gc.freeze)
 
 
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
@@ -131,7 +138,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
         for cell in pending:
             finished(cell, _run_cell(str(store.root), cell, fn))
     elif executor == "pool":
-        with _pool(max_parallel) as pool:
+        with _pool(max_parallel, fn) as pool:
             jobs = {pool.submit(_run_cell, str(store.root), cell, fn): cell for cell in pending}
             for job in as_completed(jobs):
                 finished(jobs[job], job.result())  # re-raises the cell's error

@@ -157,3 +157,43 @@ def test_one_worker_and_two_workers_store_identical_results(tmp_path):
         keyed = {**cell, "torch_threads": 1, "code": code_fingerprint(pretrained_cell)}
         pd.testing.assert_frame_equal(pd.read_parquet(stores[1].result_path(keyed)),
                                       pd.read_parquet(stores[2].result_path(keyed)))
+
+
+HELD_STREAM = textwrap.dedent("""
+    import sys, threading
+    from alignrepro.core import RunStore
+    from alignrepro.grid import grid_cells, run_grid
+    from cells import printing_cell
+
+    class HeldStream:  # a notebook kernel's stdout: a thread of its own takes the lock to flush
+        lock = threading.Lock()
+        def write(self, text):
+            with self.lock:
+                return sys.__stdout__.write(text)
+        def flush(self):
+            pass
+
+    if __name__ == "__main__":  # a worker started by a fork server imports the main module (as spawn does)
+        sys.stdout = HeldStream()
+        HeldStream.lock.acquire()  # the flushing thread holds it when the workers start, and never lets go here
+        table = run_grid(grid_cells({"study": "held"}, {"seed": [0, 1]}), printing_cell, RunStore(sys.argv[1]),
+                         executor="pool", max_parallel=2, log=lambda line: None)
+        sys.__stdout__.write(f"rows {len(table)}\\n")
+""")
+
+
+def test_pool_workers_do_not_inherit_a_lock_held_by_a_thread(tmp_path):
+    "A worker forked from a process whose output lock another thread holds would hang on its first print (a notebook"
+    "kernel's output thread holds one while it flushes): pool workers come from a fork server instead."
+    (tmp_path / "cells.py").write_text("import pandas as pd\n\ndef printing_cell(cell, store):\n"
+                                       "    print('cell', cell['seed'])\n    return pd.DataFrame({'seed': [cell['seed']]})\n")
+    script = tmp_path / "held.py"
+    script.write_text(HELD_STREAM)  # a cell function defined in the script itself (`__main__`) is forked and hangs
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs")], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("a pool worker hung on the output lock its parent's thread held")
+    assert "rows 2" in out
