@@ -5,11 +5,13 @@
 # %% ../nbs/02d_grid.ipynb #3acd49aa
 from __future__ import annotations
 
+import atexit
 import gc
 import hashlib
 import importlib
 import itertools
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import sys
 import time
@@ -79,6 +81,12 @@ def _pool(workers: int, fn: Callable) -> ProcessPoolExecutor:
         for name in _PRELOAD:
             importlib.import_module(name)
     return ProcessPoolExecutor(workers, mp_context=context, initializer=gc.freeze)
+
+
+@atexit.register
+def _stop_fork_server():
+    "Stop the fork server and wait for it, so that its workers' CPU time and memory count among this process's children."
+    multiprocessing.forkserver._forkserver._stop()  # what CPython's own tests call; nothing where none was started
 
 
 def _executor(kind: str, folder: Path, max_parallel: int, slurm: dict | None):
