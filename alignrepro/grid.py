@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import hashlib
 import importlib
@@ -46,13 +47,20 @@ def code_fingerprint(fn: Callable) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
 
 
-def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame]) -> int:
-    "Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows."
+def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame], to_log: bool = False) -> int:
+    """Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows.
+    With `to_log` (a pool worker) what the cell prints, progress bars and warnings included, goes to `log.txt` beside
+    its result rather than to the terminal, where several workers' lines would interleave."""
     store, threads = RunStore(root), torch.get_num_threads()
     torch.set_num_threads(cell["torch_threads"])
+    plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
     try:
-        plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
-        return len(store.get_or_run(cell, lambda: fn(plain, store)))
+        if not to_log:
+            return len(store.get_or_run(cell, lambda: fn(plain, store)))
+        log = store.result_path(cell).with_name("log.txt")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            return len(store.get_or_run(cell, lambda: fn(plain, store)))
     finally:
         torch.set_num_threads(threads)
 
@@ -147,7 +155,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
             finished(cell, _run_cell(str(store.root), cell, fn))
     elif executor == "pool":
         with _pool(max_parallel, fn) as pool:
-            jobs = {pool.submit(_run_cell, str(store.root), cell, fn): cell for cell in pending}
+            jobs = {pool.submit(_run_cell, str(store.root), cell, fn, True): cell for cell in pending}
             for job in as_completed(jobs):
                 finished(jobs[job], job.result())  # re-raises the cell's error
     else:
