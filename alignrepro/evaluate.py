@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['FORMS', 'pad_batch', 'padding_id', 'encode_pairs', 'completion_logprobs', 'next_token_probs', 'kl_divergence',
-           'sample', 'vader_sentiment', 'spearman_by_group', 'fit_polynomial', 'fit_saturating', 'compare_forms']
+           'sample', 'shared_prefix_sample', 'vader_sentiment', 'spearman_by_group', 'fit_polynomial', 'fit_saturating',
+           'compare_forms']
 
 # %% ../nbs/02b_evaluate.ipynb #7062f4df
 def pad_batch(rows: list[list[int]],  # token ids of each sequence
@@ -300,6 +301,54 @@ def sample(model,  # a causal LM
                                 top_p, max_new_tokens, generator, finished_early)
             texts += [_truncate(t, stop) for t in decode(new)]
     return [texts[i * n:(i + 1) * n] for i in range(len(rows))]
+
+# %% ../nbs/02b_evaluate.ipynb #bff45b9b
+class _PrefixCached(torch.nn.Module):
+    "A causal LM whose every input continues `prefix`: the prefix's keys and values computed once per batch."
+
+    def __init__(self, model, prefix: list[int]):
+        super().__init__()
+        self.model, self.prefix, self.cache_name = model, torch.tensor([prefix]), _cache_name(model)
+        self.generation_config, self.keeps = getattr(model, "generation_config", None), _keeps_logits(model)
+
+    def get_base_model(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids, attention_mask, position_ids, **options):
+        rows, width = input_ids.shape[0], self.prefix.shape[1]
+        if options.get(self.cache_name) is None:  # the prompt pass: the prefix once, then the rest of each prompt
+            cache = self.model(input_ids=self.prefix.to(input_ids.device), use_cache=True)[self.cache_name]
+            cache.batch_repeat_interleave(rows)
+            options.update({self.cache_name: cache}, **(dict(logits_to_keep=1) if self.keeps else {}))
+        mask = torch.cat([attention_mask.new_ones(rows, width), attention_mask], 1)
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + width, **options)
+
+
+def _prefix_split(tokenizer, prompts: Sequence[str]) -> tuple[list[int], list[str]]:
+    "(the prompts' common leading token ids, the rest of each prompt) such that prefix + tokens of rest = the prompt."
+    rows = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    size = min(len(r) for r in rows) - 1  # every prompt keeps a token of its own
+    size = next((i for i in range(size) if len({r[i] for r in rows}) > 1), size)
+    while size > 0:
+        head = tokenizer.decode(rows[0][:size])
+        rests = [p[len(head):] for p in prompts]
+        if all(p.startswith(head) for p in prompts) and \
+                tokenizer(rests, add_special_tokens=True)["input_ids"] == [r[size:] for r in rows]:
+            return rows[0][:size], rests
+        size -= 1
+    return [], list(prompts)
+
+
+def shared_prefix_sample(model,  # a causal LM
+                         tokenizer,  # its tokenizer
+                         prompts: Sequence[str],  # texts to continue, most of them starting alike
+                         **options,  # `alignrepro.evaluate.sample`'s options (n, temperature, batch_size, seed, ...)
+                        ) -> list[list[str]]:
+    "`alignrepro.evaluate.sample` with the prompts' common leading tokens computed once per batch."
+    prefix, rests = _prefix_split(tokenizer, prompts) if len(prompts) > 1 else ([], list(prompts))
+    if len(prefix) < 2:
+        return sample(model, tokenizer, prompts, **options)
+    return sample(_PrefixCached(model, prefix), tokenizer, rests, **options)
 
 # %% ../nbs/02b_evaluate.ipynb #59e284d3
 @lru_cache(maxsize=1)

@@ -20,7 +20,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
@@ -29,7 +28,7 @@ from .benchmarks import adapter_path
 from .core import (COMMON_RULES, ParameterError, Rule, RunStore, boolean, list_of, number, one_of,
                              optional, path_like, save_figure, text)
 from .data import FACT_FAMILIES, answer_matches, fact_questions, normalize_answer, triviaqa
-from .evaluate import _cache_name, _keeps_logits, sample
+from .evaluate import shared_prefix_sample
 from .models import LADDER, load_model
 from .stats import all_of, claim_row, equivalence, mean_effect, paired_effect, untested
 from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replicate_unit, replicates
@@ -44,10 +43,10 @@ __all__ = ['PAPER_IDK_REPLY', 'IDK_EXPRESSIONS', 'LABELS', 'METHODS', 'BASELINES
            'ReplyStyle', 'confidence_prefix', 'training_set', 'made_up_people', 'toy_question_table', 'help_questions',
            'real_question_table', 'chat_prompt', 'read_nonambigqa', 'read_pkqa', 'read_puqa', 'write_puqa',
            'read_triviaqa_labels', 'read_authors_data', 'toy_judge', 'real_judge', 'knowledge_table',
-           'labelled_knowledge', 'shared_prefix_sample', 'resolve_plan', 'question_table', 'instruction_set',
-           'instruct_model', 'shuffled_knowledge', 'train_method', 'method_responses', 'replicate_rows', 'run_study',
-           'grid_plan', 'score_table', 'paper_layout', 'claims_table', 'plot_tradeoff', 'stated_confidence',
-           'calibration_table', 'plot_calibration', 'knowledge_vs_truth']
+           'labelled_knowledge', 'resolve_plan', 'question_table', 'instruction_set', 'instruct_model',
+           'shuffled_knowledge', 'train_method', 'method_responses', 'replicate_rows', 'run_study', 'grid_plan',
+           'score_table', 'paper_layout', 'claims_table', 'plot_tradeoff', 'stated_confidence', 'calibration_table',
+           'plot_calibration', 'knowledge_vs_truth']
 
 # %% ../nbs/06a_honesty.ipynb #a448f98b
 PAPER_IDK_REPLY = "I apologize, but I'm not able to provide an answer to the question."  # the paper's refusal target
@@ -506,54 +505,6 @@ def labelled_knowledge(questions: pd.DataFrame,  # question table rows asked in 
     table["known"] = known_questions(table.samples_correct, table.greedy_correct, tau)
     table["label"] = [response_label(q, g, ok) for q, g, ok in zip(table.question, table.greedy, table.greedy_correct)]
     return table
-
-# %% ../nbs/06a_honesty.ipynb #bff45b9b
-class _PrefixCached(torch.nn.Module):
-    "A causal LM whose every input continues `prefix`: the prefix's keys and values computed once per batch."
-
-    def __init__(self, model, prefix: list[int]):
-        super().__init__()
-        self.model, self.prefix, self.cache_name = model, torch.tensor([prefix]), _cache_name(model)
-        self.generation_config, self.keeps = getattr(model, "generation_config", None), _keeps_logits(model)
-
-    def get_base_model(self):
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def forward(self, input_ids, attention_mask, position_ids, **options):
-        rows, width = input_ids.shape[0], self.prefix.shape[1]
-        if options.get(self.cache_name) is None:  # the prompt pass: the prefix once, then the rest of each prompt
-            cache = self.model(input_ids=self.prefix.to(input_ids.device), use_cache=True)[self.cache_name]
-            cache.batch_repeat_interleave(rows)
-            options.update({self.cache_name: cache}, **(dict(logits_to_keep=1) if self.keeps else {}))
-        mask = torch.cat([attention_mask.new_ones(rows, width), attention_mask], 1)
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids + width, **options)
-
-
-def _prefix_split(tokenizer, prompts: Sequence[str]) -> tuple[list[int], list[str]]:
-    "(the prompts' common leading token ids, the rest of each prompt) such that prefix + tokens of rest = the prompt."
-    rows = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    size = min(len(r) for r in rows) - 1  # every prompt keeps a token of its own
-    size = next((i for i in range(size) if len({r[i] for r in rows}) > 1), size)
-    while size > 0:
-        head = tokenizer.decode(rows[0][:size])
-        rests = [p[len(head):] for p in prompts]
-        if all(p.startswith(head) for p in prompts) and \
-                tokenizer(rests, add_special_tokens=True)["input_ids"] == [r[size:] for r in rows]:
-            return rows[0][:size], rests
-        size -= 1
-    return [], list(prompts)
-
-
-def shared_prefix_sample(model,  # a causal LM
-                         tokenizer,  # its tokenizer
-                         prompts: Sequence[str],  # texts to continue, most of them starting alike
-                         **options,  # `alignrepro.evaluate.sample`'s options (n, temperature, batch_size, seed, ...)
-                        ) -> list[list[str]]:
-    "`alignrepro.evaluate.sample` with the prompts' common leading tokens computed once per batch."
-    prefix, rests = _prefix_split(tokenizer, prompts) if len(prompts) > 1 else ([], list(prompts))
-    if len(prefix) < 2:
-        return sample(model, tokenizer, prompts, **options)
-    return sample(_PrefixCached(model, prefix), tokenizer, rests, **options)
 
 # %% ../nbs/06a_honesty.ipynb #1852e957
 TOY_TOKENS = 450_000  # toy pre-training tokens per replicate (see `TOY_WORLD`)

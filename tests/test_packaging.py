@@ -1,4 +1,5 @@
 """The wheel: library only at run time, torch as a range."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,9 +15,12 @@ TOOLING = {"nbdev", "papermill", "jupyter", "jupyterlab", "notebook", "nbconvert
 
 @pytest.fixture(scope="module")
 def requirements(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+    out, source = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("source") / "alignrepro"
+    # built from a copy: a build writes build/ and *.egg-info into its source, and both test processes may build at once
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "nbs", "tests", "_build",
+                                                                "_out"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True)
+                    str(source)], check=True)
     wheel = next(out.glob("alignrepro-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         assert "alignrepro/core.py" in archive.namelist()
