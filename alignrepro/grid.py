@@ -47,19 +47,26 @@ def code_fingerprint(fn: Callable) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
 
 
+@contextlib.contextmanager
+def _output_to(path: Path | None):
+    "Prints, progress bars and warnings go to the file at `path` (None: where they go now)."
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        yield
+
+
 def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame], to_log: bool = False) -> int:
     """Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows.
-    With `to_log` (a pool worker) what the cell prints, progress bars and warnings included, goes to `log.txt` beside
-    its result rather than to the terminal, where several workers' lines would interleave."""
+    With `to_log` (a pool worker) what the cell prints goes to `log.txt` beside its result rather than to the
+    terminal, where several workers' lines would interleave."""
     store, threads = RunStore(root), torch.get_num_threads()
     torch.set_num_threads(cell["torch_threads"])
     plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
     try:
-        if not to_log:
-            return len(store.get_or_run(cell, lambda: fn(plain, store)))
-        log = store.result_path(cell).with_name("log.txt")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with _output_to(store.result_path(cell).with_name("log.txt") if to_log else None):
             return len(store.get_or_run(cell, lambda: fn(plain, store)))
     finally:
         torch.set_num_threads(threads)
