@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .core import RunStore
 
 # %% auto #0
-__all__ = ['grid_cells', 'code_fingerprint', 'run_grid', 'collect']
+__all__ = ['grid_cells', 'code_fingerprint', 'stop_fork_server', 'run_grid', 'collect']
 
 # %% ../nbs/02d_grid.ipynb #645b5d75
 def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among them
@@ -99,8 +99,9 @@ def _pool(workers: int, fn: Callable) -> ProcessPoolExecutor:
 
 
 @atexit.register
-def _stop_fork_server():
-    "Stop the fork server and wait for it, so that its workers' CPU time and memory count among this process's children."
+def stop_fork_server():
+    """Stop the pool's fork server and wait for it: only then do its workers' CPU time and memory count among this
+    process's finished children (a benchmark calls it before reading them; a later pool starts a new server)."""
     multiprocessing.forkserver._forkserver._stop()  # what CPython's own tests call; nothing where none was started
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from alignrepro.core import RunStore
-from alignrepro.grid import run_grid
+from alignrepro.grid import run_grid, stop_fork_server
 from alignrepro.study import ModelSpec, pretrained
 
 
@@ -44,6 +44,7 @@ def timed(cells: list[dict], executor: str, threads: int) -> tuple[pd.DataFrame,
     store = RunStore(tempfile.mkdtemp(prefix=f"bench-{executor}-"))
     started, cpu = time.perf_counter(), _cpu_seconds()
     rows = run_grid(cells, replicate, store=store, executor=executor, log=lambda line: None)
+    stop_fork_server()  # the pool's workers are its children: they count once it has ended
     wall = time.perf_counter() - started
     return rows.sort_values("seed").reset_index(drop=True), wall, (_cpu_seconds() - cpu) / wall
 
