@@ -157,7 +157,7 @@ def run_grid(cells: list[dict],  # resolved parameters of every cell
                         if k not in ("study", *_KEY_ONLY) and not isinstance(v, (dict, list))))
 
     gc.collect()  # then freeze what is left (torch, transformers: ~10^6 objects, never garbage): trainers call
-    gc.freeze()   # gc.collect() on every run, which then skips them (a forked worker inherits the frozen objects)
+    gc.freeze()   # gc.collect() on every run, which then skips them (a pool worker freezes its own when it starts)
     if executor == "local":
         for cell in pending:
             finished(cell, _run_cell(str(store.root), cell, fn))
