@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import gc
 import hashlib
 import importlib
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from .core import RunStore
 
 # %% auto #0
-__all__ = ['grid_cells', 'code_fingerprint', 'stop_fork_server', 'run_grid', 'collect']
+__all__ = ['CPU_SLOTS', 'grid_cells', 'code_fingerprint', 'cpu_slot', 'stop_fork_server', 'run_grid', 'collect']
 
 # %% ../nbs/02d_grid.ipynb #645b5d75
 def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among them
@@ -58,6 +59,46 @@ def _output_to(path: Path | None):
         yield
 
 
+CPU_SLOTS = "ALIGNREPRO_CPU_SLOTS"  # environment variable: a folder whose lock files bound the cells computing at once
+_held = None  # the slot this process holds: a cell that runs inside a cell does not take a second
+
+
+@contextlib.contextmanager
+def cpu_slot(folder: str | Path | None = None,  # the slots' folder; None: the one `CPU_SLOTS` names (none: no slot)
+             slots: int | None = None,  # how many; None: the cores here
+            ):
+    """Hold one of `slots` CPU slots (lock files in `folder`, shared by every process that names it) while the block
+    runs. Processes that share a machine, such as the book's chapters with their pools, then compute at most one
+    cell per core between them."""
+    global _held
+    folder = folder or os.environ.get(CPU_SLOTS)
+    if not folder or _held is not None:
+        yield
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    while _held is None:
+        for i in range(slots or os.cpu_count() or 1):
+            handle = open(Path(folder) / f"slot-{i}", "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _held = handle
+                break
+            except BlockingIOError:
+                handle.close()
+        else:
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        held, _held = _held, None
+        held.close()  # closing the file releases its lock
+
+
+def _in_slot(fn: Callable[[dict, RunStore], pd.DataFrame], cell: dict, store: RunStore) -> pd.DataFrame:
+    with cpu_slot():
+        return fn(cell, store)
+
+
 def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame], to_log: bool = False) -> int:
     """Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows.
     With `to_log` (a pool worker) what the cell prints goes to `log.txt` beside its result rather than to the
@@ -67,7 +108,7 @@ def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame
     plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
     try:
         with _output_to(store.result_path(cell).with_name("log.txt") if to_log else None):
-            return len(store.get_or_run(cell, lambda: fn(plain, store)))
+            return len(store.get_or_run(cell, lambda: _in_slot(fn, plain, store)))
     finally:
         torch.set_num_threads(threads)
 

@@ -198,3 +198,47 @@ def test_pool_workers_do_not_inherit_a_lock_held_by_a_thread(tmp_path):
         pytest.fail("a pool worker hung on the output lock its parent's thread held")
     assert "rows 2" in out and "cell" not in out  # what a cell prints goes to its log beside its result
     assert sorted(p.read_text() for p in (tmp_path / "runs").rglob("log.txt")) == ["cell 0\n", "cell 1\n"]
+
+
+SLOTTED = textwrap.dedent("""
+    import sys
+    from alignrepro.core import RunStore
+    from alignrepro.grid import grid_cells, run_grid
+    from cells import timed_cell
+
+    if __name__ == "__main__":
+        cells = grid_cells({"study": sys.argv[2]}, {"seed": list(range(6))})
+        run_grid(cells, timed_cell, RunStore(sys.argv[1]), executor="pool", max_parallel=2, log=lambda line: None)
+""")
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:  # an end sorts before a start at the same instant
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("slots", [True, False])
+def test_processes_sharing_cpu_slots_compute_one_cell_per_slot(tmp_path, slots):
+    "Two grids of two workers each, as the book's two chapters: with a shared slots folder at most two cells (the"
+    "slots of a 2-core machine) compute at once; without it, more (so the check can fail)."
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("sized for 2 cores, where two pools of two workers are more cells than slots")
+    (tmp_path / "cells.py").write_text("import time\nimport pandas as pd\n\ndef timed_cell(cell, store):\n"
+                                       "    start = time.time()\n    time.sleep(1.0)\n"
+                                       "    return pd.DataFrame({'start': [start], 'end': [time.time()]})\n")
+    (tmp_path / "slotted.py").write_text(SLOTTED)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("ALIGNREPRO_CPU_SLOTS", None)
+    if slots:
+        env["ALIGNREPRO_CPU_SLOTS"] = str(tmp_path / "slots")
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "slotted.py"), str(tmp_path / "runs"), study], env=env)
+             for study in ("one", "two")]
+    assert [proc.wait(timeout=300) for proc in procs] == [0, 0]
+    rows = pd.concat(pd.read_parquet(p) for p in (tmp_path / "runs").rglob("result.parquet"))
+    assert len(rows) == 12
+    most = _most_at_once(list(zip(rows.start, rows.end)))
+    assert most == 2 if slots else most > 2
