@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CLAIM_COLUMNS
-from .grid import CPU_SLOTS
+from .core import CLAIM_COLUMNS, CPU_SLOTS
 
 # %% auto #0
 __all__ = ['GENERATED_PAGES', 'VERDICT_COLOURS', 'VERDICT_MEANING', 'find_project', 'book_outline', 'book_pages',
@@ -307,7 +306,7 @@ def run_page(source: Path,  # the page's notebook in nbs/
              dest: Path,  # where the executed (or copied) notebook goes
              parameters: dict,  # papermill parameters for chapters
              cwd: Path,  # the folder chapters run in
-             slots: Path | None = None,  # the book's CPU slots (`alignrepro.grid.cpu_slot`), for the chapter's cells
+             slots: Path | None = None,  # the book's CPU slots (`alignrepro.core.cpu_slot`), for the chapter's cells
             ) -> PageResult:
     "Execute a chapter with papermill into `dest`, or copy a plain page; with what it cost."
     import papermill

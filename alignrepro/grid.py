@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import gc
 import hashlib
 import importlib
@@ -25,10 +24,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import RunStore
+from .core import RunStore, cpu_slot
 
 # %% auto #0
-__all__ = ['CPU_SLOTS', 'grid_cells', 'code_fingerprint', 'cpu_slot', 'stop_fork_server', 'run_grid', 'collect']
+__all__ = ['grid_cells', 'code_fingerprint', 'stop_fork_server', 'run_grid', 'collect']
 
 # %% ../nbs/02d_grid.ipynb #645b5d75
 def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among them
@@ -57,41 +56,6 @@ def _output_to(path: Path | None):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         yield
-
-
-CPU_SLOTS = "ALIGNREPRO_CPU_SLOTS"  # environment variable: a folder whose lock files bound the cells computing at once
-_held = None  # the slot this process holds: a cell that runs inside a cell does not take a second
-
-
-@contextlib.contextmanager
-def cpu_slot(folder: str | Path | None = None,  # the slots' folder; None: the one `CPU_SLOTS` names (none: no slot)
-             slots: int | None = None,  # how many; None: the cores here
-            ):
-    """Hold one of `slots` CPU slots (lock files in `folder`, shared by every process that names it) while the block
-    runs. Processes that share a machine, such as the book's chapters with their pools, then compute at most one
-    cell per core between them."""
-    global _held
-    folder = folder or os.environ.get(CPU_SLOTS)
-    if not folder or _held is not None:
-        yield
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    while _held is None:
-        for i in range(slots or os.cpu_count() or 1):
-            handle = open(Path(folder) / f"slot-{i}", "a")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _held = handle
-                break
-            except BlockingIOError:
-                handle.close()
-        else:
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        held, _held = _held, None
-        held.close()  # closing the file releases its lock
 
 
 def _in_slot(fn: Callable[[dict, RunStore], pd.DataFrame], cell: dict, store: RunStore) -> pd.DataFrame:

@@ -499,9 +499,8 @@ def labelled_knowledge(questions: pd.DataFrame,  # question table rows asked in 
     what LLaMA2-Chat-13B knew (greedy and 10 samples at temperature 1, judged by the authors): valid for their model
     only; `authors_labels=False` (a chapter parameter) samples the model under study instead."""
     found = labels.drop_duplicates("question").set_index("question").loc[questions.question]
-    table = questions.assign(greedy=found.greedy.tolist(), samples=found.samples.tolist(),
-                             greedy_correct=found.greedy_correct.tolist(), samples_correct=found.samples_correct.tolist())
-    table["expected_accuracy"] = expected_accuracy(table.samples_correct)
+    table = questions.assign(**{column: found[column].tolist() for column in
+                                ("greedy", "samples", "greedy_correct", "samples_correct", "expected_accuracy")})
     table["known"] = known_questions(table.samples_correct, table.greedy_correct, tau)
     table["label"] = [response_label(q, g, ok) for q, g, ok in zip(table.question, table.greedy, table.greedy_correct)]
     return table
@@ -610,17 +609,22 @@ def resolve_plan(scale: str = "toy",  # "toy", "small" or "paper"
     return plan
 
 # %% ../nbs/06a_honesty.ipynb #c68e86b9
+def _authors_data(plan: dict) -> dict[str, pd.DataFrame]:
+    return read_authors_data(plan["paper_data"]) if plan.get("paper_data") else {}
+
+
 def question_table(plan: dict,  # a `resolve_plan` plan
                    tokenizer,  # the model's tokenizer (for its chat template; unused for toy)
                    world: ToyWorld | None,  # the toy world (toy scale)
                    seed: int,  # draws the splits and the subset
+                   authors: dict[str, pd.DataFrame] | None = None,  # the authors' files, read; None: read them here
                   ) -> pd.DataFrame:
     "The plan's questions with their splits, and a `qid` per question."
     if plan["scale"] == "toy":
         table = toy_question_table(world, plan["train_families"], seed, plan["instruct_families"], plan["n_puqa"],
                                    plan["n_help"])
     else:
-        authors = read_authors_data(plan["paper_data"]) if plan.get("paper_data") else {}
+        authors = _authors_data(plan) if authors is None else authors
         facts = authors["nonambigqa"] if "nonambigqa" in authors else fact_questions(plan["ood_families"])
         if plan["scale"] == "paper":
             facts = pd.concat([triviaqa("validation", path=plan["data"]), facts], ignore_index=True)
@@ -767,13 +771,13 @@ def _real_model(spec: str) -> tuple:
 
 def _seed_knowledge(model, tokenizer, plan: dict, world: ToyWorld | None, judge: Judge, seed: int) -> pd.DataFrame:
     "The seed's knowledge table: sampled from the model, except the training questions the authors' labels cover."
-    questions = question_table(plan, tokenizer, world, seed)
+    authors = _authors_data(plan) if world is None else {}  # read once: the questions and the labels come from it
+    questions = question_table(plan, tokenizer, world, seed, authors)
     given = questions.split.eq("train") & bool(plan.get("authors_labels"))
     table = knowledge_table(model, tokenizer, questions[~given], judge, plan["m"], plan["tau"], plan["temperature"],
                             plan["top_k"], plan["max_new_tokens"], seed=seed, sample_all=plan.get("sample_all", True))
     if given.any():
-        labels = read_triviaqa_labels(Path(plan["paper_data"]) / AUTHORS_FILES["triviaqa"])
-        table = pd.concat([labelled_knowledge(questions[given], labels, plan["tau"]), table]).sort_values("qid")
+        table = pd.concat([labelled_knowledge(questions[given], authors["triviaqa"], plan["tau"]), table]).sort_values("qid")
     return table.reset_index(drop=True)
 
 
