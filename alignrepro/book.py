@@ -20,7 +20,6 @@ import re
 import resource
 import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CLAIM_COLUMNS, CPU_SLOTS
+from .core import CLAIM_COLUMNS
 
 # %% auto #0
 __all__ = ['GENERATED_PAGES', 'VERDICT_COLOURS', 'VERDICT_MEANING', 'find_project', 'book_outline', 'book_pages',
@@ -306,7 +305,6 @@ def run_page(source: Path,  # the page's notebook in nbs/
              dest: Path,  # where the executed (or copied) notebook goes
              parameters: dict,  # papermill parameters for chapters
              cwd: Path,  # the folder chapters run in
-             slots: Path | None = None,  # the book's CPU slots (`alignrepro.core.cpu_slot`), for the chapter's cells
             ) -> PageResult:
     "Execute a chapter with papermill into `dest`, or copy a plain page; with what it cost."
     import papermill
@@ -316,8 +314,6 @@ def run_page(source: Path,  # the page's notebook in nbs/
     if chapter_cost(source) is None:
         shutil.copyfile(source, dest)
         return PageResult(source.name, "copied", time.time() - start)
-    if slots is not None:  # the kernel and its workers inherit it
-        os.environ[CPU_SLOTS] = str(slots)
     _adopt_orphans()  # the kernel's fork server outlives the kernel: reaped here, its workers' CPU time counts
     try:
         papermill.execute_notebook(str(source), str(dest), parameters=parameters, cwd=str(cwd),
@@ -508,13 +504,13 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
             and (not wanted or Path(page).stem in wanted or page == "index.ipynb")]
     jobs = jobs or min(2, os.cpu_count() or 1)
     log(f"{len(todo)} pages, chapters {jobs} at a time: " + ", ".join(page for _, page in todo))
-    results, slots = {}, Path(tempfile.mkdtemp(prefix="alignrepro-slots-"))  # one cell per core across chapters
+    results = {}
     with ProcessPoolExecutor(jobs, mp_context=_page_processes(), max_tasks_per_child=1) as pool:
         running = {}  # the costliest chapters start first, so that no core idles while the last one finishes
         costs = {page: chapter_cost(project / "nbs" / page) for _, page in todo}
         for number, page in sorted(todo, key=lambda item: -(costs[item[1]] or 0)):
             args = (project / "nbs" / page, out / page, {**(parameters or {}), "out_dir": str(out / Path(page).stem)},
-                    project / "nbs", slots)
+                    project / "nbs")
             if costs[page] is not None:  # a fresh process per chapter: its costs are its own
                 running[pool.submit(run_page, *args)] = (number, page)
             else:  # a plain page is copied here
@@ -524,7 +520,6 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
             (number, page), result = running[job], job.result()
             results[page] = result
             log(f"[{number}/{len(pages)}] {page} {result.status} in {result.seconds:.1f}s")
-    shutil.rmtree(slots, ignore_errors=True)
     results = [results[page] for _, page in todo]  # in book order
     site = _render(out, project, outline, renderer)
     return BookResult(site, results)

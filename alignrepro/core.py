@@ -30,10 +30,10 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['COMMON_RULES', 'PROVENANCE_PACKAGES', 'CPU_SLOTS', 'CLAIM_COLUMNS', 'VERDICTS', 'seed_everything', 'get_device',
-           'ParameterError', 'Rule', 'one_of', 'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean',
-           'optional', 'list_of', 'parse_value', 'validate', 'run_id', 'default_runs_dir', 'provenance', 'cpu_slot',
-           'RunStore', 'write_claims', 'save_figure']
+__all__ = ['COMMON_RULES', 'PROVENANCE_PACKAGES', 'CLAIM_COLUMNS', 'VERDICTS', 'seed_everything', 'get_device', 'ParameterError',
+           'Rule', 'one_of', 'number', 'number_list', 'int_list', 'text', 'path_like', 'boolean', 'optional', 'list_of',
+           'parse_value', 'validate', 'run_id', 'default_runs_dir', 'provenance', 'RunStore', 'write_claims',
+           'save_figure']
 
 # %% ../nbs/00_core.ipynb #41ae0642
 def seed_everything(seed: int  # the run's seed
@@ -280,74 +280,11 @@ def _remove_stale(folder: Path) -> None:
             pass
 
 
-CPU_SLOTS = "ALIGNREPRO_CPU_SLOTS"  # environment variable: a folder whose lock files bound the cells computing at once
-_held = None  # (file, folder, slots) of the slot this process holds: a cell inside a cell does not take a second
-
-
-@contextmanager
-def cpu_slot(folder: str | Path | None = None,  # the slots' folder; None: the one `CPU_SLOTS` names (none: no slot)
-             slots: int | None = None,  # how many; None: the cores here
-            ):
-    """Hold one of `slots` CPU slots (lock files in `folder`, shared by every process that names it) while the block
-    runs. Processes that share a machine, such as the book's chapters with their pools, then compute at most one
-    cell per core between them."""
-    global _held
-    folder = folder or os.environ.get(CPU_SLOTS)
-    if not folder or _held is not None:
-        yield
-        return
-    _take_slot(Path(folder), slots or os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        _give_back_slot()
-
-
-def _take_slot(folder: Path, slots: int) -> None:
-    global _held
-    folder.mkdir(parents=True, exist_ok=True)
-    while _held is None:
-        for i in range(slots):
-            handle = open(folder / f"slot-{i}", "a")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _held = (handle, folder, slots)
-                return
-            except BlockingIOError:
-                handle.close()
-        time.sleep(0.05)
-
-
-def _give_back_slot() -> tuple[Path, int] | None:
-    "Release the slot this process holds (closing its file releases the lock); where it came from, None if none."
-    global _held
-    if _held is None:
-        return None
-    (handle, folder, slots), _held = _held, None
-    handle.close()
-    return folder, slots
-
-
-@contextmanager
-def _slot_lent():
-    "Without this process's slot while the block runs (a wait on another process), taken again after it."
-    lent = _give_back_slot()
-    try:
-        yield
-    finally:
-        if lent is not None:
-            _take_slot(*lent)
-
-
 @contextmanager
 def _exclusive(path: Path):
     "Hold an exclusive lock on the file `path` (POSIX `flock`) while the block runs: one builder at a time."
     with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process builds it: wait without holding a CPU slot
-            with _slot_lent():
-                fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import RunStore, cpu_slot
+from .core import RunStore
 
 # %% auto #0
 __all__ = ['grid_cells', 'code_fingerprint', 'stop_fork_server', 'run_grid', 'collect']
@@ -58,11 +58,6 @@ def _output_to(path: Path | None):
         yield
 
 
-def _in_slot(fn: Callable[[dict, RunStore], pd.DataFrame], cell: dict, store: RunStore) -> pd.DataFrame:
-    with cpu_slot():
-        return fn(cell, store)
-
-
 def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame], to_log: bool = False) -> int:
     """Run one keyed cell into the store at `root` with its torch thread count (what a job executes); returns its rows.
     With `to_log` (a pool worker) what the cell prints goes to `log.txt` beside its result rather than to the
@@ -72,7 +67,7 @@ def _run_cell(root: str, cell: dict, fn: Callable[[dict, RunStore], pd.DataFrame
     plain = {k: v for k, v in cell.items() if k not in _KEY_ONLY}
     try:
         with _output_to(store.result_path(cell).with_name("log.txt") if to_log else None):
-            return len(store.get_or_run(cell, lambda: _in_slot(fn, plain, store)))
+            return len(store.get_or_run(cell, lambda: fn(plain, store)))
     finally:
         torch.set_num_threads(threads)
 
