@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models as tokenizer_models, pre_toke
 import transformers
 from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, PreTrainedTokenizerBase,
+                          Qwen2Config,
                           PreTrainedTokenizerFast)
 
 if TYPE_CHECKING:  # the modelling code loads on first use (a rebuild from stored runs never needs it)
@@ -76,16 +77,17 @@ LADDER: dict[str, dict] = {  # name -> LlamaConfig fields; about 0.05M .. 10M pa
     "l": _rung(hidden_size=256, num_hidden_layers=4, num_attention_heads=8),
     "xl": _rung(hidden_size=320, num_hidden_layers=6, num_attention_heads=8),
 }
-ARCHS = {"llama": (LlamaConfig, "LlamaForCausalLM"), "mistral": (MistralConfig, "MistralForCausalLM")}  # (config, model class
-# name): transformers loads a model class on first use, so a rebuild from stored runs never imports the modelling code
+ARCHS = {"llama": (LlamaConfig, "LlamaForCausalLM"), "mistral": (MistralConfig, "MistralForCausalLM"),
+         "qwen": (Qwen2Config, "Qwen2ForCausalLM")}  # (config, model class name); Qwen2 adds biases to the query, key and
+# value projections. transformers loads a model class on first use, so a rebuild from stored runs never imports the modelling code
 MISTRAL_SLIDING_WINDOW = 64  # tokens each position attends back to in the Mistral variant (half the context)
 
 # %% ../nbs/02_models.ipynb #94c7ef3d
 def toy_config(size: str,  # a rung of `LADDER`: "xxs", "xs", "s", "m", "l", "xl"
                vocab_size: int,  # number of tokens, `len(tokenizer)`
-               arch: str = "llama",  # "llama" or "mistral" (same rung plus a sliding window)
+               arch: str = "llama",  # "llama", "mistral" (same rung plus a sliding window) or "qwen" (plus q/k/v biases)
                context: int = 128,  # longest sequence in tokens (`max_position_embeddings`)
-              ) -> LlamaConfig | MistralConfig:
+              ) -> LlamaConfig | MistralConfig | Qwen2Config:
     "The transformers config of a ladder rung."
     validate(dict(size=size, arch=arch, vocab_size=vocab_size, context=context),
              dict(size=one_of(*LADDER), arch=one_of(*ARCHS), vocab_size=number(lo=len(SPECIAL_TOKENS), integer=True),
@@ -99,7 +101,7 @@ def toy_config(size: str,  # a rung of `LADDER`: "xxs", "xs", "s", "m", "l", "xl
 
 def toy_model(size: str,  # a rung of `LADDER`
               vocab_size: int,  # number of tokens, `len(tokenizer)`
-              arch: str = "llama",  # "llama" or "mistral"
+              arch: str = "llama",  # a key of `ARCHS`
               seed: int = 0,  # seeds the initial weights
               context: int = 128,  # longest sequence in tokens
              ) -> PreTrainedModel:
@@ -318,7 +320,7 @@ def pretrain(world_config: WorldConfig,  # the toy world whose text is the pre-t
              n_tokens: int,  # the token budget: real tokens read, each once
              seed: int = 0,  # seeds the initial weights, the data sample and its order
              checkpoints: tuple[float, ...] = (1.0,),  # fractions of the budget at which to save (0.0: untrained)
-             arch: str = "llama",  # "llama" or "mistral"
+             arch: str = "llama",  # a key of `ARCHS`
              store: RunStore | None = None,  # where the models are cached; default `RunStore()`
              lr: float = 2e-3,  # peak AdamW learning rate
              batch_size: int = 64,  # rows per step (documents, or packed rows with `pack`)

@@ -53,7 +53,8 @@ __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEW
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
 SPLIT = "heldout-v4"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
-MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct")  # toy mirrors of the paper's four
+MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct",  # toy mirrors of the paper's four (the default),
+          "qwen-base", "qwen-instruct")  # and a third family the paper did not run, on request (a third of the grid's time more)
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
 DATASETS = {"beavertails": BEAVERTAILS_LIKE, "hh-rlhf": HH_LIKE}  # toy preference views: informative vs bare
@@ -65,8 +66,9 @@ VIEWS = {**DATASETS, **QUALITY_VIEWS}  # every preference view a toy cell can tr
 PREFERENCES = ("harmless", "helpful", "mix")
 METHODS, PEFTS = ("sft", "dpo"), ("lora", "qlora")
 MERGES = ("dare_ties", "slerp", "dare_all")  # of the harmless and helpful adapters; dare_all: of both datasets' (four)
-FAMILY_SEEDS = {"llama": 0, "mistral": 1}  # pre-training seed offsets: the two families never share weights or data order
-SYSTEM_LINES = {"llama": "you can ask a friend for help .", "mistral": ""}  # Vicuna-like system line vs bare [INST]
+FAMILY_SEEDS = {"llama": 0, "mistral": 1, "qwen": 2}  # pre-training seed offsets: families never share weights or data order
+SYSTEM_LINES = {"llama": "you can ask a friend for help .", "mistral": "",  # Vicuna-like system line vs bare [INST]
+                "qwen": "answer the question ."}  # a system line of its own, as Qwen's chat template has
 BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out task exact match",
               "alpaca": "win rate vs reference answers", "toxicity": "1 - P(harmful answer) on harmful requests",
               "redinstruct": "1 - P(harmful answer) behind a jailbreak prefix"}
@@ -86,7 +88,7 @@ def chapter_world(world_seed: int,  # the toy world's seed
 def _family(model: str) -> str:
     return model.split("-")[0]
 
-def pretrain_seed(family: str,  # "llama" or "mistral"
+def pretrain_seed(family: str,  # a key of `FAMILY_SEEDS`
                   seed: int,  # the replicate seed
                  ) -> int:
     "The pre-training seed of a family's base model in one replicate: every replicate re-draws every model."
@@ -94,7 +96,7 @@ def pretrain_seed(family: str,  # "llama" or "mistral"
 
 # %% ../nbs/04a_peft_grid.ipynb #bea3d320
 DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
-    scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
+    scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(PAPER_MODELS), size="xs",
     pretrain_tokens=300_000, instruct_steps=120, datasets=list(DATASETS), preferences=list(PREFERENCES),
     methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
@@ -124,6 +126,9 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
 
 def _check(p: dict) -> None:
     "The rules between parameters."
+    if p["scale"] == "paper" and p["paper_models"] is None and not set(p["models"]) <= set(PAPER_MODELS):
+        raise ParameterError(f"parameter 'models': got {p['models']!r}; allowed at paper scale without paper_models: "
+                             f"{list(PAPER_MODELS)} (a toy family of its own has no hub checkpoint)")
     if p["paper_models"] is not None and len(p["paper_models"]) != len(p["models"]):
         raise ParameterError(f"parameter 'paper_models': got {p['paper_models']!r}; allowed: one hub name or folder per "
                              f"model of models ({p['models']!r})")
@@ -140,7 +145,7 @@ def small_data_dir() -> Path:
     return Path(alignrepro.__file__).resolve().parents[1] / "data" / "peft-small"
 
 def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small" (SmolLM2-135M-Instruct) or "paper"
-                 models: list[str] | None = None,  # model names; None: every model the scale has
+                 models: list[str] | None = None,  # model names; None: the scale's default (toy: the mirrors of the paper's four)
                  size: str = "xs",  # toy: the LADDER rung of all four models
                  pretrain_tokens: int = 300_000,  # toy: pre-training budget of each base model
                  instruct_steps: int = 120,  # toy: full SFT steps that make an "instruct" sibling
@@ -177,7 +182,7 @@ def resolve_plan(scale: str = "toy",  # "toy" (models pre-trained here), "small"
     base = lambda m: ModelSpec(size=size, arch=_family(m), world=dict(seed=world_seed, **WORLD), n_tokens=pretrain_tokens,
                                seed=pretrain_seed(_family(m), seed), recipe=dict(PRETRAIN_RECIPE)).to_dict()
     resolved = {m: dict(spec=base(m)) if m.endswith("base") else dict(base=base(m), instruct_steps=instruct_steps)
-                for m in (models or MODELS)}
+                for m in (models or PAPER_MODELS)}
     return dict(scale=scale, device="cpu", models=resolved, data=data, recipes=recipes, ranks=None)
 
 # %% ../nbs/04a_peft_grid.ipynb #6aa8e85b

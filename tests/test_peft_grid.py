@@ -12,7 +12,7 @@ from alignrepro.peft_grid import (BENCHMARKS, CLAIM_IDS, DEFAULTS, MODELS, PAPER
                                   benchmark_leaks, checkpoint_steps, claims_table, design_cells, eval_sets, grid_plan,
                                   instruction_data, leaked_prompts, preference_data, resolve_plan, score_table,
                                   training_leaks, training_pairs)
-from alignrepro.study import ModelSpec
+from alignrepro.study import ModelSpec, load
 from alignrepro.world import ToyWorld
 
 TINY = dict(models=["llama-base", "llama-instruct"], size="xxs", pretrain_tokens=3000, instruct_steps=2,
@@ -155,10 +155,10 @@ def test_bad_parameters_fail_naming_them():
 
 def test_paper_scale_resolves_to_hub_models_and_presets():
     paper = resolve_plan("paper")
-    assert [ModelSpec(**paper["models"][m]["spec"]).name for m in MODELS] == [PAPER_MODELS[m] for m in MODELS]
+    assert [ModelSpec(**paper["models"][m]["spec"]).name for m in PAPER_MODELS] == list(PAPER_MODELS.values())
     assert paper["recipes"]["sft"]["preset"] == "thakkar_sft" and paper["ranks"]["dpo"] == [8, 16, 32]
-    cells, _ = grid_plan(scale="paper", seeds=[0])
-    assert {c["model"] for c in cells} == set(MODELS)
+    cells, _ = grid_plan(scale="paper", seeds=[0])  # the paper's four (the toy's third family has no hub checkpoint)
+    assert {c["model"] for c in cells} == set(PAPER_MODELS) < set(MODELS)
     with pytest.raises(FileNotFoundError):  # offline: the hub datasets are named, not silently replaced
         training_pairs(paper, ToyWorld(), "hh-rlhf", "harmless", 4, "llama-base")
 
@@ -248,3 +248,17 @@ def test_the_grids_leak_check_is_kept_in_the_store(tmp_path):
     assert (first.training_sets.iloc[0], first.leaked.iloc[0]) == (3, "") and first.questions.iloc[0] > 0
     training_leaks(*args[:-1], 6, store=store)
     assert len(store.runs("peft_grid_leaks")) == 2
+
+
+def test_third_family_is_pre_trained_with_its_own_architecture_and_seeds(tmp_path):
+    "The Qwen-like family, on request: its own pre-training seeds and a Qwen2 model; the paper scale has no such model."
+    cells, fn = grid_plan(**{**TINY, "models": ["qwen-base", "qwen-instruct"], "methods": ["sft"],
+                             "preferences": ["harmless"], "merges": []}, seeds=[1])
+    table = run_grid(cells, fn, store=RunStore(tmp_path), log=lambda line: None)
+    assert set(table.model) == {"qwen-base", "qwen-instruct"} and table.score.between(0, 1).all()
+    plan = resolve_plan("toy", ["llama-base", "mistral-base", "qwen-base"], TINY["size"], TINY["pretrain_tokens"], seed=1)
+    specs = {m: ModelSpec(**plan["models"][m]["spec"]) for m in plan["models"]}
+    assert specs["qwen-base"].arch == "qwen" and len({s.seed for s in specs.values()}) == 3  # no two families share one
+    assert type(load(specs["qwen-base"], RunStore(tmp_path))[0]).__name__ == "Qwen2ForCausalLM"
+    with pytest.raises(ParameterError, match="paper scale"):
+        grid_plan(scale="paper", models=["qwen-base"])
