@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +22,7 @@ from tokenizers import Tokenizer, decoders, models as tokenizer_models, pre_toke
 import transformers
 from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, PreTrainedTokenizerBase,
-                          Qwen2Config,
-                          PreTrainedTokenizerFast)
+                          PreTrainedTokenizerFast, Qwen2Config)
 
 if TYPE_CHECKING:  # the modelling code loads on first use (a rebuild from stored runs never needs it)
     from transformers import PreTrainedModel
@@ -124,6 +124,13 @@ def _not_found(name_or_path: str, gguf_file: str | None, error: Exception) -> Fi
         f"there is internet access (`hf download {name_or_path}`).\nCause: {error}")
 
 
+def _word_level(folder: Path) -> bool:
+    """Whether the folder's tokenizer is word-level (a toy world's). transformers rebuilds the tokenizer of some model
+    types as their own whatever the folder says (a Qwen2 checkpoint gets Qwen2's BPE), which would scramble a toy's."""
+    path = folder / "tokenizer.json"
+    return path.is_file() and json.loads(path.read_text()).get("model", {}).get("type") == "WordLevel"
+
+
 def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a .gguf file
                gguf_file: str | None = None,  # name of a GGUF file inside the folder or hub repo
                dtype: torch.dtype = torch.float32,  # weights' dtype (GGUF is de-quantized to it)
@@ -141,7 +148,8 @@ def load_model(name_or_path: str | Path,  # hub name, local folder, or path to a
         options["local_files_only"] = True
     placement = {k: v for k, v in dict(device_map=device_map, attn_implementation=attn_implementation).items() if v}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **options)
+        tokenizers = PreTrainedTokenizerFast if source.is_dir() and _word_level(source) else AutoTokenizer
+        tokenizer = tokenizers.from_pretrained(where, trust_remote_code=False, **options)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **options, **placement)
     except (OSError, ValueError) as error:
         raise _not_found(str(name_or_path), gguf_file, error) from error
