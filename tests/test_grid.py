@@ -198,4 +198,3 @@ def test_pool_workers_do_not_inherit_a_lock_held_by_a_thread(tmp_path):
         pytest.fail("a pool worker hung on the output lock its parent's thread held")
     assert "rows 2" in out and "cell" not in out  # what a cell prints goes to its log beside its result
     assert sorted(p.read_text() for p in (tmp_path / "runs").rglob("log.txt")) == ["cell 0\n", "cell 1\n"]
-
