@@ -691,6 +691,12 @@ def paper_scorer(cell: dict,  # a paper-scale cell (`eval_tasks`, `eval_limit`, 
 def _rows(scores: dict[str, float], step: int) -> list[dict]:
     return [dict(benchmark=name, score=value, step=step) for name, value in scores.items()]
 
+@functools.lru_cache(maxsize=2)
+def _toy_benchmarks(world_seed: int, n_eval: int) -> tuple[ToyWorld, dict[str, Dataset]]:
+    "The chapter's toy world and its `eval_sets`, built once per process: every toy cell of a run scores on the same sets."
+    world = ToyWorld(chapter_world(world_seed))
+    return world, eval_sets(world, n_eval)
+
 def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained adapter, or a merge of two
              store: RunStore | None = None,  # where start models and adapters are cached; default `RunStore()`
             ) -> pd.DataFrame:
@@ -706,8 +712,7 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
         sets = small_eval_sets(ToyWorld(chapter_world(cell["world_seed"])), cell["n_eval"])
         score = lambda network: small_scores(network, tokenizer, sets)
     else:
-        world = ToyWorld(chapter_world(cell["world_seed"]))
-        sets = eval_sets(world, cell["n_eval"])
+        world, sets = _toy_benchmarks(cell["world_seed"], cell["n_eval"])
         score = lambda network: benchmark_scores(network, tokenizer, world, sets, cell["model"])
     if cell["method"] == "none":
         return pd.DataFrame(_rows(score(model), 0))
