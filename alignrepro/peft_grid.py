@@ -700,7 +700,7 @@ def _toy_benchmarks(world_seed: int, n_eval: int) -> tuple[ToyWorld, dict[str, D
 def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained adapter, or a merge of two
              store: RunStore | None = None,  # where start models and adapters are cached; default `RunStore()`
             ) -> pd.DataFrame:
-    "Evaluate one cell: rows `benchmark`, `score`, `step` (every checkpoint of an adapter; 0 for the start model)."
+    "Evaluate one cell: rows `benchmark`, `score`, `step` (an adapter's checkpoints as its `eval_steps` say; 0 for the start model)."
     from peft import PeftModel
     store, plan = store or RunStore(), _plan(cell)
     model, tokenizer = _start_model(plan, cell["model"], store)
@@ -718,7 +718,7 @@ def run_cell(cell: dict,  # one cell of `grid_plan`: a start model, a trained ad
         return pd.DataFrame(_rows(score(model), 0))
     if cell["merge"] == "none":
         folder = train_adapter(cell, store)
-        checkpoints = sorted(folder.glob("step-*"))
+        checkpoints = sorted(folder.glob("step-*"))[-1 if cell.get("eval_steps") == "last" else 0:]
         network = PeftModel.from_pretrained(model, checkpoints[0], adapter_name=checkpoints[0].name)
         rows = []
         for checkpoint in checkpoints:
@@ -755,20 +755,21 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
     harmless preferences with the first model's family (other ranks with the first seed only); with `quality_block`
     (toy and small scale) the four `QUALITY_VIEWS` on harmless preferences with the first instruct model; plus one start-model
     evaluation per model and seed (each replicate pre-trains its own models). Start models come first, base models
-    before their instruct siblings, so that parallel workers build each pre-trained model once."""
+    before their instruct siblings, so that parallel workers build each pre-trained model once. `eval_steps`: the core
+    block scores every checkpoint (the sample-count sweep and the gain along training read them), the rest the last."""
     fixed = dict(study=STUDY, split=SPLIT, **{k: p[k] for k in _FIXED}, **_paper_fields(p))
     models = list(resolve_plan(p["scale"], p["models"])["models"])
-    common = dict(model=models, method=p["methods"], merge=["none"])
+    common = dict(model=models, method=p["methods"], merge=["none"], eval_steps=["last"])
     pair = ["harmless+helpful"]
     if p["design"] == "full":
         blocks = [dict(common, data=p["datasets"], preference=p["preferences"], peft=p["pefts"], rank=p["ranks"],
-                       seed=p["seeds"])]
+                       seed=p["seeds"], eval_steps=["all"])]
         merges = [dict(blocks[0], preference=pair, merge=p["merges"])]
     else:
         core = dict(data=p["datasets"][:1], peft=p["pefts"][:1], rank=p["ranks"][:1])
         harmless = dict(common, **core, preference=["harmless"], seed=p["seeds"])
         side = dict(harmless, model=[m for m in models if _family(m) == _family(models[0])])  # one family's base + instruct
-        blocks = [dict(harmless, preference=p["preferences"]), dict(side, data=p["datasets"][1:]),
+        blocks = [dict(harmless, preference=p["preferences"], eval_steps=["all"]), dict(side, data=p["datasets"][1:]),
                   dict(side, peft=p["pefts"][1:]), dict(side, rank=p["ranks"][1:], seed=p["seeds"][:1])]
         merges = [dict(blocks[0], preference=pair, merge=[m for m in p["merges"] if m != "dare_all"]),
                   dict(side, preference=pair, merge=[m for m in p["merges"] if m == "dare_all"])]
@@ -776,7 +777,7 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
         blocks.append(dict(common, data=list(QUALITY_VIEWS), peft=p["pefts"][:1], rank=p["ranks"][:1], preference=["harmless"],
                            seed=p["seeds"], model=[m for m in models if m.endswith("instruct")][:1] or models[:1]))
     has_pair = {"harmless", "helpful"} <= set(p["preferences"])
-    start = [dict(model=[m for m in models if not m.endswith("instruct")], method=["none"], merge=["none"],
+    start = [dict(model=[m for m in models if not m.endswith("instruct")], method=["none"], merge=["none"], eval_steps=["last"],
                   data=["none"], preference=["none"], peft=["none"], rank=[0], seed=p["seeds"])]
     start.append(dict(start[0], model=[m for m in models if m.endswith("instruct")]))
     cells = [c for block in [*start, *blocks, *(merges if has_pair else [])] for c in grid_cells(fixed, block)]
