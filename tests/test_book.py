@@ -199,12 +199,12 @@ def test_api_page_covers_every_library_module_titled_in_one_line():
             assert len(quote) == 1 and after in ([], [""]), f"{path.name}: make its title quote one line"
 
 
-def test_the_costliest_chapter_starts_first(project):
-    "With one page at a time the chapter that declares the higher cold cost runs first; the book keeps its order."
-    broken = project / "nbs" / "02_broken.ipynb"
-    nb = nbformat.read(broken, as_version=4)
+def test_the_costliest_chapter_starts_last(project):
+    "With one page at a time the chapter that declares the higher cold cost runs last; the book keeps its order."
+    dummy = project / "nbs" / "01_dummy.ipynb"  # first in the book's order
+    nb = nbformat.read(dummy, as_version=4)
     nb.metadata["alignrepro"] = {"cost_s": 100}
-    nbformat.write(nb, broken)
+    nbformat.write(nb, dummy)
     proc = alignrepro("book", "--out", str(project / "out"), "--renderer", "nbconvert", "--jobs", "1", "-p", "n", "3",
                       cwd=project)
     finished = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("[") and " in " in line]
