@@ -4,7 +4,9 @@ Builds the book twice into a fresh output folder with a fresh run store: cold (e
 replicate run) and warm (the same store: the chapters find their runs and only draw). Prints per chapter the
 wall time, CPU time over wall time (its kernel and replicate workers) and peak resident memory, cold and warm;
 then the whole build: wall time, CPU time over wall time (every process, the render included), and the
-warm/cold ratio. The targets of the performance issue are printed beside the measurements.
+warm/cold ratio. The targets of the performance issue are printed beside the measurements. This machine's speed
+drifts (a shared host: the same pre-training ran at 18,200 and 14,500 tokens/s an hour apart), so a fixed
+reference pre-training is timed before the cold build and after the warm one: compare books at equal speed.
 
     python benchmarks/bench_book.py              # the default book, 2 chapters at a time (about 15-20 minutes)
     python benchmarks/bench_book.py --jobs 1     # one chapter at a time, to compare
@@ -16,14 +18,31 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from bench_pretrain import library_loop
+
 from alignrepro.book import build_book
 from alignrepro.core import parse_value
+from alignrepro.models import _document_batches, toy_model, toy_tokenizer
+from alignrepro.world import ToyWorld, WorldConfig
 
 
 def _cpu_seconds() -> float:
     "CPU time of this process and of every process it waited for (the render; chapters are counted by the book)."
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def reference_speed(n_tokens: int = 60_000) -> float:
+    "Tokens per wall-clock second of a fixed pre-training (xs toy, one thread, batches of 16): the machine's speed now."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    world = ToyWorld(WorldConfig())
+    tokenizer = toy_tokenizer(world.vocab)
+    batches = _document_batches(tokenizer, world.pretraining_dataset(n_tokens, seed=0)["text"], 16, 128, seed=0)
+    speed = library_loop(toy_model("xs", len(tokenizer), "llama", seed=0), batches, tokenizer.pad_token_id, 3e-3, torch.device("cpu"))[0]
+    torch.set_num_threads(threads)
+    return speed
 
 
 def timed_build(out: Path, jobs: int | None, chapters: list[str] | None, parameters: dict):
@@ -47,7 +66,7 @@ def main() -> None:
     parameters = {name: parse_value(value) for name, value in args.parameter}
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-book-"))
     os.environ["ALIGNREPRO_RUNS"] = str(work / "runs")  # a fresh run store: the first build is cold
-    builds = {}
+    builds, before = {}, reference_speed()
     for phase in ("cold", "warm"):
         print(f"--- {phase} build into {work / 'book'}", flush=True)
         builds[phase] = timed_build(work / "book", args.jobs, args.chapters, parameters)
@@ -55,7 +74,8 @@ def main() -> None:
             print(builds[phase][0].summary())
             raise SystemExit(f"the {phase} build failed")
     (cold, cold_wall, cold_busy), (warm, warm_wall, _) = builds["cold"], builds["warm"]
-    print(f"\n{os.cpu_count()} cores; chapters {args.jobs or 'the default number'} at a time\n")
+    print(f"\n{os.cpu_count()} cores; chapters {args.jobs or 'the default number'} at a time; machine speed (reference "
+          f"pre-training, one thread): {before:,.0f} tokens/s before the cold build, {reference_speed():,.0f} after the warm one\n")
     print(f"{'chapter':<24} {'cold s':>8} {'CPU/wall':>9} {'peak MiB':>9} {'warm s':>8} {'warm/cold':>10}")
     for c, w in zip(cold.pages, warm.pages):
         if c.status == "executed":
