@@ -506,9 +506,10 @@ def build_book(out: str | Path = "_build",  # output folder (outside nbs/)
     log(f"{len(todo)} pages, chapters {jobs} at a time: " + ", ".join(page for _, page in todo))
     results = {}
     with ProcessPoolExecutor(jobs, mp_context=_page_processes(), max_tasks_per_child=1) as pool:
-        running = {}  # the cheapest chapters start first, the costliest last: its many short cells keep every core busy
-        costs = {page: chapter_cost(project / "nbs" / page) for _, page in todo}  # while the others' last rounds finish
-        for number, page in sorted(todo, key=lambda item: costs[item[1]] or 0):
+        # the cheapest chapters start first, the costliest last (its many short cells keep every core busy while the
+        # others' last rounds finish); plain pages are copied once every chapter is queued
+        running, costs = {}, {page: chapter_cost(project / "nbs" / page) for _, page in todo}
+        for number, page in sorted(todo, key=lambda item: (costs[item[1]] is None, costs[item[1]] or 0)):
             args = (project / "nbs" / page, out / page, {**(parameters or {}), "out_dir": str(out / Path(page).stem)},
                     project / "nbs")
             if costs[page] is not None:  # a fresh process per chapter: its costs are its own
