@@ -781,7 +781,10 @@ def design_cells(p: dict,  # validated chapter parameters (`PEFT_GRID.parameters
                   data=["none"], preference=["none"], peft=["none"], rank=[0], seed=p["seeds"])]
     start.append(dict(start[0], model=[m for m in models if m.endswith("instruct")]))
     cells = [c for block in [*start, *blocks, *(merges if has_pair else [])] for c in grid_cells(fixed, block)]
-    return list({json.dumps(c, sort_keys=True): c for c in cells}.values())  # drop repeats, keep order
+    unique = {}  # drop repeats (the quality block's first view is a core run), keep order and the first one's eval_steps
+    for cell in cells:
+        unique.setdefault(json.dumps({k: v for k, v in cell.items() if k != "eval_steps"}, sort_keys=True), cell)
+    return list(unique.values())
 
 # %% ../nbs/04a_peft_grid.ipynb #abb95692
 def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
