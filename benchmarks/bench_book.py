@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from bench_pretrain import library_loop
+from bench_pretrain import library_loop, world_batches
 
 from alignrepro.book import build_book
 from alignrepro.core import parse_value
-from alignrepro.models import _document_batches, toy_model, toy_tokenizer
-from alignrepro.world import ToyWorld, WorldConfig
+from alignrepro.models import toy_model
 
 
 def _cpu_seconds() -> float:
@@ -37,10 +36,9 @@ def reference_speed(n_tokens: int = 60_000) -> float:
     "Tokens per wall-clock second of a fixed pre-training (xs toy, one thread, batches of 16): the machine's speed now."
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    world = ToyWorld(WorldConfig())
-    tokenizer = toy_tokenizer(world.vocab)
-    batches = _document_batches(tokenizer, world.pretraining_dataset(n_tokens, seed=0)["text"], 16, 128, seed=0)
-    speed = library_loop(toy_model("xs", len(tokenizer), "llama", seed=0), batches, tokenizer.pad_token_id, 3e-3, torch.device("cpu"))[0]
+    tokenizer, batches = world_batches(n_tokens, 16)
+    model = toy_model("xs", len(tokenizer), "llama", seed=0)
+    speed = library_loop(model, batches, tokenizer.pad_token_id, 3e-3, torch.device("cpu"))[0]
     torch.set_num_threads(threads)
     return speed
 

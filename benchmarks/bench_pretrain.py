@@ -56,6 +56,13 @@ def library_loop(model: torch.nn.Module, batches: list[torch.Tensor], pad_id: in
     return _rates(int(log.tokens.iloc[-1]), started)
 
 
+def world_batches(n_tokens: int, batch_size: int) -> tuple:
+    "(tokenizer, padded batches of world documents, about `n_tokens` in all): the benchmarks' fixed pre-training data."
+    world = ToyWorld(WorldConfig())
+    tokenizer = toy_tokenizer(world.vocab)
+    return tokenizer, _document_batches(tokenizer, world.pretraining_dataset(n_tokens, seed=0)["text"], batch_size, 128, seed=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="xs", choices=list(LADDER), help="ladder rung")
@@ -68,10 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = get_device(args.device)
-    world = ToyWorld(WorldConfig())
-    tokenizer = toy_tokenizer(world.vocab)
-    batches = _document_batches(tokenizer, world.pretraining_dataset(args.n_tokens, seed=0)["text"],
-                                args.batch_size, 128, seed=0)
+    tokenizer, batches = world_batches(args.n_tokens, args.batch_size)
     warmup = toy_model(args.size, len(tokenizer), args.arch, seed=0)
     bare_loop(warmup, batches[:3], tokenizer.pad_token_id, args.lr, device)  # first-call allocations
     bare, library = [], []
