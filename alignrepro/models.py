@@ -31,9 +31,9 @@ from .core import Rule, RunStore, get_device, number, one_of, seed_everything, v
 from .world import SPECIAL_TOKENS, ToyWorld, WorldConfig
 
 # %% auto #0
-__all__ = ['LADDER', 'ARCHS', 'MISTRAL_SLIDING_WINDOW', 'SMOLLM2_GGUF', 'toy_tokenizer', 'toy_config', 'toy_model', 'load_model',
-           'load_settings', 'train_loop', 'PretrainedToy', 'pretrain', 'completion_rows', 'completion_batches',
-           'finetune', 'smollm2_folder', 'smollm2']
+__all__ = ['LADDER', 'ARCHS', 'MISTRAL_SLIDING_WINDOW', 'PACKED_MODEL_TYPES', 'SMOLLM2_GGUF', 'toy_tokenizer', 'toy_config',
+           'toy_model', 'load_model', 'load_settings', 'train_loop', 'PretrainedToy', 'pretrain', 'completion_rows',
+           'completion_batches', 'finetune', 'smollm2_folder', 'smollm2']
 
 # %% ../nbs/02_models.ipynb #5e573aec
 def toy_tokenizer(vocab: list[str]  # the world's words; the special tokens are put first if missing
@@ -238,6 +238,40 @@ def _learning_rate(step: int,  # optimizer steps done so far
     progress = (step - warmup_steps) / max(1, total - warmup_steps)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+# %% ../nbs/02_models.ipynb #8cf76e4d
+PACKED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # models whose attention masks follow restarting position_ids
+
+
+def _padding_free(batch: dict[str, torch.Tensor],  # input_ids, attention_mask, loss_mask, each (B, T)
+                 ) -> dict[str, torch.Tensor] | None:
+    """The batch's rows placed first-fit into as few rows of width T as hold them: `input_ids`, `position_ids`
+    (restarting at 0 at each original row and at the padding after the last) and `labels` (-100 off the loss mask
+    and on each segment's first token); None unless every row is right-padded and loss-masked within its tokens."""
+    ids, attention, loss = batch["input_ids"], batch["attention_mask"].bool(), batch["loss_mask"].bool()
+    width, lengths = ids.shape[1], attention.sum(1)
+    if not torch.equal(attention, torch.arange(width) < lengths[:, None]) or bool((loss & ~attention).any()):
+        return None
+    free, members = [], []  # per packed row: the room left and the original rows in it
+    for row, n in enumerate(lengths.tolist()):
+        target = next((r for r, room in enumerate(free) if room >= n), len(free))
+        if target == len(free):
+            free.append(width)
+            members.append([])
+        free[target] -= n
+        members[target].append(row)
+    packed = torch.full((len(members), width), int(ids[0, 0]), dtype=ids.dtype)  # the padding: a segment of its own
+    positions, labels = torch.arange(width).repeat(len(members), 1), torch.full_like(packed, -100)
+    for r, rows in enumerate(members):
+        at = 0
+        for row in rows:
+            n = int(lengths[row])
+            packed[r, at:at + n] = ids[row, :n]
+            positions[r, at:at + n] = torch.arange(n)
+            labels[r, at + 1:at + n] = ids[row, 1:n].masked_fill(~loss[row, 1:n], -100)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return dict(input_ids=packed, position_ids=positions, labels=labels)
+
 # %% ../nbs/02_models.ipynb #6c3bbe4e
 def train_loop(model: PreTrainedModel,  # trained in place: the parameters that require grad
                batches: Sequence[dict[str, torch.Tensor]],  # input_ids, attention_mask, loss_mask (bool), each (B, T)
@@ -261,6 +295,7 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
     device = trainable[0].device
     optimizer = torch.optim.AdamW([group for group in groups if group["params"]], lr=lr, betas=betas,
                                   fused=device.type in ("cpu", "cuda"))  # one kernel for all tensors: 5-7x the per-tensor loop's speed
+    packs = model.config.model_type in PACKED_MODEL_TYPES  # padding-free steps (see `_padding_free`)
     rows, examples, tokens, seconds = [], 0, 0, 0.0
     if callback is not None:
         callback(model, 0, 0)
@@ -269,9 +304,13 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step - 1, len(batches), lr, schedule, warmup)
+        flat = _padding_free(batch) if packs else None
         batch = {name: tensor.to(device) for name, tensor in batch.items()}  # each (B, T)
-        labels = batch["input_ids"].masked_fill(~batch["loss_mask"], -100)  # (B, T); the model shifts them by one
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        if flat is None:
+            labels = batch["input_ids"].masked_fill(~batch["loss_mask"], -100)  # (B, T); the model shifts them by one
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
+        else:
+            loss = model(**{name: tensor.to(device) for name, tensor in flat.items()}, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm is not None:
@@ -291,7 +330,7 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
     return pd.DataFrame(rows)
 
 # %% ../nbs/02_models.ipynb #d9cd9045
-_PRETRAIN_VERSION = 2  # bump when the loop changes what it produces, so old artefacts are not reused
+_PRETRAIN_VERSION = 3  # bump when the loop changes what it produces, so old artefacts are not reused
 
 
 @dataclass
