@@ -5,11 +5,13 @@
 # %% ../nbs/02d_grid.ipynb #3acd49aa
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import gc
 import hashlib
 import importlib
+import importlib.util
 import itertools
 import multiprocessing
 import multiprocessing.forkserver
@@ -41,10 +43,38 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
 _KEY_ONLY = ("torch_threads", "code")  # what the grid adds to a cell's key; the cell's function never sees them
 
 
+def _package_imports(source: Path,  # a module's source file (read, not run)
+                     package: str,  # the package whose modules count
+                    ) -> set[str]:
+    "The modules of `package` that a module imports anywhere in its source (a function's lazy imports too)."
+    tree, found = ast.parse(source.read_bytes()), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = f"{package}.{node.module}" if node.level and node.module else package if node.level else node.module
+            found |= {base} if base != package else {f"{package}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {m for m in found if m.startswith(package + ".") and importlib.util.find_spec(m) is not None}
+
+
 def code_fingerprint(fn: Callable) -> str:
-    "A fingerprint of the code a cell runs: the hash of the source file of `fn`'s module ('' where it has none)."
-    path = getattr(sys.modules.get(fn.__module__), "__file__", None)
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
+    """A fingerprint of the code a cell runs: the hash of the source files of `fn`'s module and of every module of
+    its package it imports, transitively (a change in the training loop a chapter calls changes its cells' keys);
+    '' for a function without a source file (defined in a notebook)."""
+    module = sys.modules.get(fn.__module__)
+    if getattr(module, "__file__", None) is None:
+        return ""
+    package, files, todo = module.__name__.rpartition(".")[0], {}, [(module.__name__, Path(module.__file__))]
+    while todo:
+        name, source = todo.pop()
+        if name not in files:
+            files[name] = source
+            todo += [(m, Path(importlib.util.find_spec(m).origin)) for m in sorted(_package_imports(source, package))
+                     if package]
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(files[name].read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
