@@ -5,6 +5,7 @@
 # %% ../nbs/07a_token_shift.ipynb #9b9b594f
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -513,8 +514,8 @@ def _share(mask: pd.Series, among: pd.Series) -> float:
 
 def _top_tokens(tokens: np.ndarray, shifted: np.ndarray, n_top: int) -> set:
     "The `n_top` most frequent tokens among the shifted positions (ties broken by the token's text)."
-    counts = pd.Series(tokens[shifted]).value_counts()
-    return set(sorted(counts.index, key=lambda t: (-counts[t], t))[:n_top])
+    counts = Counter(tokens[shifted].tolist())
+    return set(sorted(counts, key=lambda t: (-counts[t], t))[:n_top])
 
 
 def _jaccard(a: set, b: set) -> float:
