@@ -5,7 +5,6 @@
 # %% ../nbs/02d_grid.ipynb #3acd49aa
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import gc
@@ -16,6 +15,7 @@ import itertools
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,17 +43,18 @@ def grid_cells(fixed: dict,  # parameters shared by every cell, "study" among th
 _KEY_ONLY = ("torch_threads", "code")  # what the grid adds to a cell's key; the cell's function never sees them
 
 
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\(?([\w \t,]+)|import[ \t]+([\w.]+))", re.M)
+
+
 def _package_imports(source: Path,  # a module's source file (read, not run)
                      package: str,  # the package whose modules count
                     ) -> set[str]:
-    "The modules of `package` that a module imports anywhere in its source (a function's lazy imports too)."
-    tree, found = ast.parse(source.read_bytes()), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = f"{package}.{node.module}" if node.level and node.module else package if node.level else node.module
-            found |= {base} if base != package else {f"{package}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
+    """The modules of `package` that a module imports anywhere in its source (a function's lazy imports too): every
+    line `from .x import ...`, `from package.x import ...`, `from . import x` or `import package.x`."""
+    found = set()
+    for dots, module, names, imported in _IMPORT.findall(source.read_text()):
+        base = imported or (f"{package}.{module}" if dots and module else package if dots else module)
+        found |= {base} if base != package else {f"{package}.{name.strip()}" for name in names.split(",")}
     return {m for m in found if m.startswith(package + ".") and importlib.util.find_spec(m) is not None}
 
 
