@@ -235,7 +235,7 @@ def _first_rows(make, keep, n: int) -> Dataset:
     k = 4 * n
     while True:
         rows = make(k)
-        kept = [i for i, row in enumerate(rows) if keep(row)]
+        kept = [i for i, row in enumerate(rows.to_list()) if keep(row)]  # rows as dicts in one conversion
         if len(kept) >= n:
             return rows.select(kept[:n])
         k *= 2
