@@ -70,8 +70,8 @@ def code_fingerprint(fn: Callable) -> str:
         name, source = todo.pop()
         if name not in files:
             files[name] = source
-            todo += [(m, Path(importlib.util.find_spec(m).origin)) for m in sorted(_package_imports(source, package))
-                     if package]
+            if package:
+                todo += [(m, Path(importlib.util.find_spec(m).origin)) for m in sorted(_package_imports(source, package))]
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(files[name].read_bytes())
@@ -225,10 +225,6 @@ def collect(cells: list[dict],  # the grid's cells
         if store.has(cell):
             frame = pd.read_parquet(store.result_path(cell))
             scalars = {k: v for k, v in cell.items() if k not in frame.columns and not isinstance(v, (list, dict))}
-            if len(frame):  # the parameters as columns in one step (one insert per column costs 6 ms a cell)
-                frame = pd.concat([frame, pd.DataFrame({k: [v] * len(frame) for k, v in scalars.items()}, index=frame.index)],
-                                  axis=1)
-            else:
-                frame = frame.assign(**scalars)
+            frame = pd.concat([frame, pd.DataFrame(scalars, index=frame.index)], axis=1)  # one step, not an insert per column
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
