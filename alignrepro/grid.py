@@ -48,14 +48,15 @@ _IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+\(?([\
 
 def _package_imports(source: Path,  # a module's source file (read, not run)
                      package: str,  # the package whose modules count
-                    ) -> set[str]:
-    """The modules of `package` that a module imports anywhere in its source (a function's lazy imports too): every
-    line `from .x import ...`, `from package.x import ...`, `from . import x` or `import package.x`."""
+                    ) -> dict[str, Path]:
+    """The modules of `package` that a module imports anywhere in its source (a function's lazy imports too), each with
+    its source file: every line `from .x import ...`, `from package.x import ...`, `from . import x` or `import package.x`."""
     found = set()
     for dots, module, names, imported in _IMPORT.findall(source.read_text()):
         base = imported or (f"{package}.{module}" if dots and module else package if dots else module)
         found |= {base} if base != package else {f"{package}.{name.strip()}" for name in names.split(",")}
-    return {m for m in found if m.startswith(package + ".") and importlib.util.find_spec(m) is not None}
+    specs = {m: importlib.util.find_spec(m) for m in sorted(found) if m.startswith(package + ".")}
+    return {m: Path(spec.origin) for m, spec in specs.items() if spec is not None}
 
 
 def code_fingerprint(fn: Callable) -> str:
@@ -71,7 +72,7 @@ def code_fingerprint(fn: Callable) -> str:
         if name not in files:
             files[name] = source
             if package:
-                todo += [(m, Path(importlib.util.find_spec(m).origin)) for m in sorted(_package_imports(source, package))]
+                todo += _package_imports(source, package).items()
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(files[name].read_bytes())

@@ -304,13 +304,11 @@ def train_loop(model: PreTrainedModel,  # trained in place: the parameters that 
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step - 1, len(batches), lr, schedule, warmup)
-        flat = _padding_free(batch) if packs else None
-        batch = {name: tensor.to(device) for name, tensor in batch.items()}  # each (B, T)
-        if flat is None:
-            labels = batch["input_ids"].masked_fill(~batch["loss_mask"], -100)  # (B, T); the model shifts them by one
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
-        else:
-            loss = model(**{name: tensor.to(device) for name, tensor in flat.items()}, use_cache=False).loss
+        inputs = _padding_free(batch) if packs else None
+        if inputs is None:  # the padded rows; labels (B, T), which the model shifts by one
+            inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["input_ids"].masked_fill(~batch["loss_mask"], -100))
+        loss = model(**{name: tensor.to(device) for name, tensor in inputs.items()}, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm is not None:

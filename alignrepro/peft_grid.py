@@ -411,7 +411,7 @@ def leaked_prompts(sets: dict[str, Dataset],  # `eval_sets`
                   ) -> list[str]:
     "The benchmarks' questions (the last user turn of each prompt) that appear in any training text."
     questions = {p.rsplit("<user>", 1)[-1].split("<assistant>")[0].strip() for rows in sets.values() for p in rows["prompt"]}
-    texts = "\n".join(" ".join(str(v) for v in row.values()) for rows in training for row in rows)
+    texts = "\n".join(" ".join(str(v) for v in row.values()) for rows in training for row in rows.to_list())
     return sorted(q for q in questions if q in texts)
 
 def training_leaks(world_seed: int,  # the toy world's seed
