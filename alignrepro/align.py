@@ -369,9 +369,24 @@ def _vocabulary_wide_tiles(model: PreTrainedModel):
     finally:
         trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = default
 
+@contextlib.contextmanager
+def _scored_positions_only():
+    """trl's fused LM head scores only the positions with a label on Triton devices, and every position elsewhere
+    (to keep tile shapes fixed for compilers); on an eager CPU or GPU the prompt and padding positions are wasted work."""
+    import trl.trainer.utils as trl_utils
+    default = getattr(trl_utils, "_use_triton", None)
+    if default is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # read there only to pick the compact (labelled positions) layout
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = default
+
 def _train(trainer: SFTTrainer | DPOTrainer) -> tuple[PreTrainedModel, pd.DataFrame]:
     try:
-        with _vocabulary_wide_tiles(trainer.model):
+        with _vocabulary_wide_tiles(trainer.model), _scored_positions_only():
             trainer.train()
     finally:  # the temporary output_dir `_fit_to_machine` made (empty: nothing is saved there) goes with the run
         folder = Path(trainer.args.output_dir)

@@ -241,7 +241,9 @@ def _cache_name(model) -> str:
 def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[int], temperature: float,
                   top_k: int, top_p: float, max_new_tokens: int, generator: torch.Generator,
                   finished_early: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
-    "New token ids [len(rows) * n, steps] for left-padded prompts, the prompt pass shared by the n copies."
+    """New token ids [len(rows) * n, steps] for left-padded prompts, the prompt pass shared by the n copies.
+    A finished row leaves the cache and the forward pass; the choice of the next tokens still runs over every row, so
+    the generator draws the same numbers and each row gets the tokens it would get in the full batch."""
     device, cache_name = _model_device(model), _cache_name(model)
     ids, mask, positions = (t.to(device) for t in pad_batch(rows, pad_id, "left"))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -251,6 +253,7 @@ def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[in
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
     eos_ids = torch.tensor(sorted(eos), device=device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+    going = torch.arange(logits.shape[0], device=device)  # the rows still in the cache
     new = []
     for _ in range(max_new_tokens):
         if temperature == 0:
@@ -265,11 +268,15 @@ def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[in
             done |= finished_early(torch.stack(new, 1)).to(device)
         if done.all():
             break
+        keep = ~done[going]
+        if not keep.all():  # finished rows leave the batch; their logits stay as they were (any valid distribution)
+            cache.batch_select_indices(keep.nonzero().squeeze(-1))
+            going, mask = going[keep], mask[keep]
         position = mask.sum(-1, keepdim=True)  # real tokens so far = the new token's position
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+        out = model(input_ids=token[going, None], attention_mask=mask, position_ids=position,
                     use_cache=True, **{cache_name: cache})
-        cache, logits = out[cache_name], out.logits[:, -1].float()
+        cache, logits[going] = out[cache_name], out.logits[:, -1].float()
     return torch.stack(new, 1).cpu()
 
 

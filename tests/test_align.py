@@ -237,6 +237,22 @@ def test_vocabulary_wide_tiles_train_to_the_same_numbers(tiny, sft_data, dpo_dat
         assert narrow.loss.tolist() == [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
 
+def test_scored_positions_only_trains_to_the_same_numbers(tiny, sft_data):
+    "trl's fused head on the labelled positions only gives the losses of scoring every position."
+    import trl.trainer.utils as trl_utils
+    from alignrepro.align import _scored_positions_only, _vocabulary_wide_tiles
+    model, tokenizer = tiny
+    cpu = torch.device("cpu")
+    with _scored_positions_only():
+        assert trl_utils._use_triton(cpu)  # the compact layout on this CPU
+    assert not trl_utils._use_triton(cpu)  # restored
+    compact = sft(model, tokenizer, sft_data, quick("cpu_sft", max_steps=3), peft="lora")[1]
+    trainer = sft_trainer(model, tokenizer, sft_data, quick("cpu_sft", max_steps=3), peft="lora")
+    with _vocabulary_wide_tiles(model):
+        trainer.train()  # every position scored
+    every = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert compact.loss.tolist() == pytest.approx(every, rel=1e-5)
+
 def test_a_run_leaves_no_temporary_output_folder(tiny, sft_data, tmp_path, monkeypatch):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes the run's output_dir
