@@ -53,8 +53,8 @@ __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEW
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
 SPLIT = "heldout-v4"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
-MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct",  # toy mirrors of the paper's four (the default),
-          "qwen-base", "qwen-instruct")  # and a third family the paper did not run, on request (a third of the grid's time more)
+MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct",  # toy mirrors of the paper's four,
+          "qwen-base", "qwen-instruct")  # and a third family the paper did not run: the toy default is all six
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
                 "mistral-base": "mistralai/Mistral-7B-v0.1", "mistral-instruct": "mistralai/Mistral-7B-Instruct-v0.1"}
 DATASETS = {"beavertails": BEAVERTAILS_LIKE, "hh-rlhf": HH_LIKE}  # toy preference views: informative vs bare
@@ -96,7 +96,7 @@ def pretrain_seed(family: str,  # a key of `FAMILY_SEEDS`
 
 # %% ../nbs/04a_peft_grid.ipynb #bea3d320
 DEFAULTS = dict(  # the chapter's parameters (the CLI's `-p NAME VALUE` names)
-    scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(PAPER_MODELS), size="xs",
+    scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/peft_grid", models=list(MODELS), size="xs",
     pretrain_tokens=300_000, instruct_steps=120, datasets=list(DATASETS), preferences=list(PREFERENCES),
     methods=list(METHODS), pefts=["qlora", "lora"], ranks=[8], merges=list(MERGES), steps=12, lr=5e-3,
     batch_size=8, n_train=96, n_eval=24, checkpoints=[0.5, 1.0], world_seed=0, design="fractional",
@@ -126,7 +126,8 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
 
 def _check(p: dict) -> None:
     "The rules between parameters."
-    if p["scale"] == "paper" and p["paper_models"] is None and not set(p["models"]) <= set(PAPER_MODELS):
+    if (p["scale"] == "paper" and p["paper_models"] is None and p["models"] != DEFAULTS["models"]
+            and not set(p["models"]) <= set(PAPER_MODELS)):
         raise ParameterError(f"parameter 'models': got {p['models']!r}; allowed at paper scale without paper_models: "
                              f"{list(PAPER_MODELS)} (a toy family of its own has no hub checkpoint)")
     if p["paper_models"] is not None and len(p["paper_models"]) != len(p["models"]):
@@ -504,7 +505,10 @@ SMALL_DEFAULTS = dict(pefts=["lora"], merges=[], preferences=["harmless", "helpf
 
 def at_scale(params: dict,  # checked chapter parameters (`PEFT_GRID.parameters`)
             ) -> dict:
-    "The parameters with those still at their toy default replaced by the small scale's (`SMALL_DEFAULTS`) at small scale."
+    """The parameters with those still at their toy default replaced by the scale's: at paper scale the paper's four
+    models (`PAPER_MODELS`), at small scale `SMALL_DEFAULTS`."""
+    if params["scale"] == "paper" and params["models"] == DEFAULTS["models"]:
+        return dict(params, models=list(PAPER_MODELS))
     if params["scale"] != "small":
         return params
     return {k: SMALL_DEFAULTS[k] if k in SMALL_DEFAULTS and v == DEFAULTS[k] else v for k, v in params.items()}

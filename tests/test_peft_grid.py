@@ -58,7 +58,8 @@ def _synthetic_results(cells: list[dict], flip: bool = False, seed: int = 0, nul
 
 
 def test_claims_follow_the_scores():
-    "Each rule on the same design, 5 seeds: the effect present is reproduced, reversed is not, absent never is."
+    """Each rule on the same design, 5 seeds: the effect present is reproduced, reversed is not, and absent it is
+    reproduced at the rate its one-sided 2.5% allows (40 noise-only draws)."""
     params = PEFT_GRID.parameters()
     cells = design_cells(params)
     claims = lambda **kind: claims_table(score_table(_synthetic_results(cells, **kind)), params).set_index("claim_id")
@@ -70,10 +71,10 @@ def test_claims_follow_the_scores():
     assert (flipped.verdict.drop("7") == "not reproduced").all(), flipped[["note", "statistic"]]  # every part too
     assert flipped.loc["7", "verdict"] == "reproduced"  # both PEFTs reversed alike: they still agree
     assert claims(flip_qlora=True).loc["7", "verdict"] == "not reproduced"  # LoRA and QLoRA disagree
-    for seed in range(3):
-        null = claims(null=True, seed=seed)  # "SFT on instruct saturates" (2a) is true when nothing changes
-        assert "reproduced" not in set(null.verdict.drop("2a")), null[["verdict", "note"]]
-        assert null.loc["2", "verdict"] != "reproduced" and null.loc["2a", "verdict"] == "reproduced"
+    nulls = pd.concat([claims(null=True, seed=seed).verdict for seed in range(40)], axis=1)
+    assert (nulls.loc["2a"] == "reproduced").all()  # "SFT on instruct saturates" is true when nothing changes
+    false_hits = (nulls.drop("2a") == "reproduced").sum(axis=1)  # per claim, of 40 draws: about 1 expected
+    assert false_hits.sum() <= 0.05 * nulls.drop("2a").size and false_hits.max() <= 6, false_hits
 
 
 def test_no_benchmark_prompt_in_any_training_set():
@@ -112,7 +113,7 @@ def test_every_replicate_pre_trains_its_own_models():
     by_model = pd.Series(seeds).groupby(level=0).nunique()
     assert (by_model == 5).all()  # five pre-trainings per model
     bases = {(m.split("-")[0], s): v for (m, s), v in seeds.items()}
-    assert len(set(bases.values())) == len(bases) == 10  # no two families or seeds share a pre-training
+    assert len(set(bases.values())) == len(bases) == 15  # no two of the 3 families or 5 seeds share a pre-training
 
 
 def test_shuffled_preferences_swap_labels_and_key_the_adapters():
