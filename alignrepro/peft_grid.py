@@ -38,21 +38,21 @@ from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREA
 # %% auto #0
 __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEWS', 'VIEWS', 'PREFERENCES', 'METHODS', 'PEFTS',
            'MERGES', 'FAMILY_SEEDS', 'SYSTEM_LINES', 'BENCHMARKS', 'HELPFUL', 'HARMLESS', 'WORLD', 'PRETRAIN_RECIPE',
-           'INSTRUCT_LR', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'SMALL_ADAPTERS', 'SMALL_LORA_LAYERS', 'SMALL_LORA_TARGETS',
-           'EVAL_TOPICS', 'BBH_SHOTS', 'SMALL_DEFAULTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS', 'SATURATION', 'CLAIM_IDS',
-           'PERMUTATIONS', 'chapter_world', 'pretrain_seed', 'small_data_dir', 'resolve_plan', 'model_table',
-           'template', 'heldout_entities', 'topic_of', 'benchmark_leaks', 'training_only', 'preference_data',
-           'source_table', 'shuffle_labels', 'training_pairs', 'sft_view', 'instruction_data', 'instruct_sibling',
-           'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks', 'benchmark_scores', 'at_scale', 'chat_pairs',
-           'small_eval_sets', 'small_scores', 'fixture_leaks', 'checkpoint_steps', 'train_adapter',
-           'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell', 'design_cells', 'grid_plan',
-           'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference', 'per_seed', 'quality_runs',
-           'quality_effects', 'claim_unit', 'label_shuffle_null', 'claims_table', 'score_heatmap', 'method_gap_heatmap',
-           'quantity_plot', 'merge_plot', 'quality_plot']
+           'INSTRUCT_LR', 'INSTRUCT_REFUSALS', 'DEFAULTS', 'RULES', 'PEFT_GRID', 'SMALL_ADAPTERS', 'SMALL_LORA_LAYERS',
+           'SMALL_LORA_TARGETS', 'EVAL_TOPICS', 'BBH_SHOTS', 'SMALL_DEFAULTS', 'RUN_KEYS', 'CHANCE', 'CLAIMS',
+           'SATURATION', 'CLAIM_IDS', 'PERMUTATIONS', 'chapter_world', 'pretrain_seed', 'small_data_dir',
+           'resolve_plan', 'model_table', 'template', 'heldout_entities', 'topic_of', 'benchmark_leaks',
+           'training_only', 'preference_data', 'source_table', 'shuffle_labels', 'training_pairs', 'sft_view',
+           'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks',
+           'benchmark_scores', 'at_scale', 'chat_pairs', 'small_eval_sets', 'small_scores', 'fixture_leaks',
+           'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell',
+           'design_cells', 'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference',
+           'per_seed', 'quality_runs', 'quality_effects', 'claim_unit', 'label_shuffle_null', 'claims_table',
+           'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot', 'quality_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
-SPLIT = "heldout-v4"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
+SPLIT = "heldout-v5"  # the training / benchmark split (`eval_sets`): part of every cached model's and run's key
 MODELS = ("llama-base", "llama-instruct", "mistral-base", "mistral-instruct",  # toy mirrors of the paper's four,
           "qwen-base", "qwen-instruct")  # and a third family the paper did not run: the toy default is all six
 PAPER_MODELS = {"llama-base": "huggyllama/llama-7b", "llama-instruct": "lmsys/vicuna-7b-v1.3",
@@ -79,6 +79,8 @@ WORLD = dict(helpfulness_shares=[0.1, 0.6, 0.3])  # calibrated: pre-training ans
 PRETRAIN_RECIPE = dict(batch_size=16)  # calibrated: 4x as many pre-training steps of a quarter the rows (the same
 # tokens, about the same time): the xs models learn the world's facts (batch 64: MMLU-like near chance)
 INSTRUCT_LR = 3e-4  # calibrated: the instruct stage's full SFT keeps the pre-trained facts (2e-3 erased them)
+INSTRUCT_REFUSALS = 0.05  # calibrated: share of the instruct mix's harmful requests answered with a refusal (none left
+# every instruct sibling more harmful than its base; 0.1 put the Mistral-like sibling's toxicity score above 0.9)
 
 def chapter_world(world_seed: int,  # the toy world's seed
                  ) -> WorldConfig:
@@ -341,10 +343,12 @@ def instruction_data(world: ToyWorld,  # the toy world
                      model: str,  # whose chat template the prompts use
                      seed: int = 0,  # sampling seed
                     ) -> Dataset:
-    "The instruction-tuning mix of an 'instruct' sibling: detailed answers and safe replies, held out of the benchmarks."
+    "The instruction-tuning mix of an 'instruct' sibling: detailed answers, safe replies and refusals, held out of the benchmarks."
     half = max(1, n // 2)
+    refused = round(INSTRUCT_REFUSALS * max(1, n - half))
     parts = [training_only(world, lambda k: world.helpfulness_sft(k, seed=seed, quality="informative"), half),
-             training_only(world, lambda k: world.safety_sft(k, seed=seed, quality="informative"), max(1, n - half))]
+             training_only(world, lambda k: world.safety_sft(k, seed=seed, quality="informative"), max(1, n - half) - refused),
+             training_only(world, lambda k: world.safety_sft(k, seed=seed + 1, quality="bare"), refused)]
     return _templated(concatenate_datasets(parts).shuffle(seed=seed).flatten_indices(), model)
 
 # %% ../nbs/04a_peft_grid.ipynb #3dc160f1
