@@ -126,13 +126,17 @@ RULES = {**COMMON_RULES, "models": list_of(*MODELS), "size": one_of("xxs", "xs",
          "hub_data": optional(text()), "eval_tasks": optional(text()), "eval_limit": optional(number(lo=1, integer=True)),
          "toxicity_classifier": optional(text()), "paper_steps": optional(number(lo=1, integer=True))}
 
+def _models_at_scale(p: dict) -> list[str]:
+    "The models a run has: at paper scale the default list stands for the paper's four (the toy's third family has no hub models)."
+    return list(PAPER_MODELS) if p["scale"] == "paper" and p["models"] == DEFAULTS["models"] else p["models"]
+
 def _check(p: dict) -> None:
     "The rules between parameters."
-    if (p["scale"] == "paper" and p["paper_models"] is None and p["models"] != DEFAULTS["models"]
-            and not set(p["models"]) <= set(PAPER_MODELS)):
+    models = _models_at_scale(p)
+    if p["scale"] == "paper" and p["paper_models"] is None and not set(models) <= set(PAPER_MODELS):
         raise ParameterError(f"parameter 'models': got {p['models']!r}; allowed at paper scale without paper_models: "
                              f"{list(PAPER_MODELS)} (a toy family of its own has no hub checkpoint)")
-    if p["paper_models"] is not None and len(p["paper_models"]) != len(p["models"]):
+    if p["paper_models"] is not None and len(p["paper_models"]) != len(models):
         raise ParameterError(f"parameter 'paper_models': got {p['paper_models']!r}; allowed: one hub name or folder per "
                              f"model of models ({p['models']!r})")
 
@@ -511,8 +515,8 @@ def at_scale(params: dict,  # checked chapter parameters (`PEFT_GRID.parameters`
             ) -> dict:
     """The parameters with those still at their toy default replaced by the scale's: at paper scale the paper's four
     models (`PAPER_MODELS`), at small scale `SMALL_DEFAULTS`."""
-    if params["scale"] == "paper" and params["models"] == DEFAULTS["models"]:
-        return dict(params, models=list(PAPER_MODELS))
+    if params["scale"] == "paper":
+        return dict(params, models=_models_at_scale(params))
     if params["scale"] != "small":
         return params
     return {k: SMALL_DEFAULTS[k] if k in SMALL_DEFAULTS and v == DEFAULTS[k] else v for k, v in params.items()}
