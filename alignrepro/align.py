@@ -372,13 +372,14 @@ def _vocabulary_wide_tiles(model: PreTrainedModel):
 @contextlib.contextmanager
 def _scored_positions_only():
     """trl's fused LM head scores only the positions with a label on Triton devices, and every position elsewhere
-    (to keep tile shapes fixed for compilers); on an eager CPU or GPU the prompt and padding positions are wasted work."""
+    (to keep tile shapes fixed for compilers); on a CPU, which compiles nothing, the prompt and padding positions are
+    wasted work, so it scores only the labelled ones there too."""
     import trl.trainer.utils as trl_utils
     default = getattr(trl_utils, "_use_triton", None)
     if default is None:
         yield
         return
-    trl_utils._use_triton = lambda device: True  # read there only to pick the compact (labelled positions) layout
+    trl_utils._use_triton = lambda device: device.type == "cpu" or default(device)  # read there only to pick the layout
     try:
         yield
     finally:

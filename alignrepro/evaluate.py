@@ -247,7 +247,8 @@ def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[in
     device, cache_name = _model_device(model), _cache_name(model)
     ids, mask, positions = (t.to(device) for t in pad_batch(rows, pad_id, "left"))
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = out[cache_name], out.logits[:, -1].float()
+    cache, logits = out[cache_name], out.logits[:, -1].float().clone()  # a copy: its rows are overwritten
+    # below, and the prompt pass's logits of every position are freed
     if n > 1:
         cache.batch_repeat_interleave(n)
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)

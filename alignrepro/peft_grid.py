@@ -349,9 +349,10 @@ def instruction_data(world: ToyWorld,  # the toy world
                     ) -> Dataset:
     "The instruction-tuning mix of an 'instruct' sibling: detailed answers, safe replies and refusals, held out of the benchmarks."
     half = max(1, n // 2)
-    refused = round(INSTRUCT_REFUSALS * max(1, n - half))
+    safety = max(1, n - half)
+    refused = round(INSTRUCT_REFUSALS * safety)
     parts = [training_only(world, lambda k: world.helpfulness_sft(k, seed=seed, quality="informative"), half),
-             training_only(world, lambda k: world.safety_sft(k, seed=seed, quality="informative"), max(1, n - half) - refused),
+             training_only(world, lambda k: world.safety_sft(k, seed=seed, quality="informative"), safety - refused),
              training_only(world, lambda k: world.safety_sft(k, seed=seed + 1, quality="bare"), refused)]
     return _templated(concatenate_datasets(parts).shuffle(seed=seed).flatten_indices(), model)
 

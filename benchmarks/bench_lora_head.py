@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from alignrepro.align import _scored_positions_only, preset, sft_trainer
 from alignrepro.honesty import help_questions
+from alignrepro.peft_grid import SMALL_LORA_TARGETS  # SmolLM2's top 8 layers, as both small scales train
 from alignrepro.study import ModelSpec, load
 
 
@@ -29,9 +30,8 @@ def _rows(tokenizer, n: int) -> Dataset:
 
 def _run(model, tokenizer, data: Dataset, steps: int, compact: bool) -> tuple[float, float]:
     "(seconds of trainer.train(), final loss) of one LoRA run; every position scored unless `compact`."
-    top = "|".join(map(str, range(22, 30)))
     config = preset("cpu_sft", max_steps=steps, learning_rate=1e-3, per_device_train_batch_size=16, logging_steps=steps,
-                    disable_tqdm=True, target_modules=rf".*\.layers\.({top})\.(self_attn|mlp)\.\w+_proj")
+                    disable_tqdm=True, target_modules=SMALL_LORA_TARGETS)
     trainer = sft_trainer(model, tokenizer, data, config, peft="lora")
     started = time.perf_counter()
     if compact:
