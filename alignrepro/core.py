@@ -312,11 +312,20 @@ class RunStore:
                    params: dict,  # the run's resolved parameters; a "study" key groups runs
                    fn: Callable[[], pd.DataFrame],  # computes the run's result table
                    force: bool = False,  # recompute even if the run has finished
+                   exclusive: bool = False,  # parallel cells that need the run wait for one computation, then share it
                   ) -> pd.DataFrame:
         "The run's result table: read back if finished, else computed by `fn` and stored atomically."
         path = self.result_path(params)
         if path.exists() and not force:
             return pd.read_parquet(path)
+        if not exclusive:
+            return self._run(params, fn, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(path.parent / "run.lock"):  # another cell may have finished it while this one waited
+            return pd.read_parquet(path) if path.exists() and not force else self._run(params, fn, path)
+
+    def _run(self, params: dict, fn: Callable[[], pd.DataFrame], path: Path) -> pd.DataFrame:
+        "Compute the run's table and store it atomically at `path`, with its parameters and provenance."
         started = time.time()
         result = fn()
         if not isinstance(result, pd.DataFrame):

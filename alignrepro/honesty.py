@@ -5,6 +5,7 @@
 # %% ../nbs/06a_honesty.ipynb #515a1b8f
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -20,8 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 
 from .align import preset, sft
 from .benchmarks import adapter_path
@@ -31,22 +32,23 @@ from .data import FACT_FAMILIES, answer_matches, fact_questions, normalize_answe
 from .evaluate import shared_prefix_sample
 from .models import LADDER, load_model
 from .stats import all_of, claim_row, equivalence, mean_effect, paired_effect, untested
-from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replicate_unit, replicates
+from .grid import run_grid
+from .study import Chapter, ModelSpec, load, pretrained, replicate_cells, replicate_unit
 from .world import FAMILIES, HELDOUT_TASKS, IDK_REPLY, NUMBERS, ToyWorld, chat, exact_match
 
 # %% auto #0
 __all__ = ['PAPER_IDK_REPLY', 'IDK_EXPRESSIONS', 'LABELS', 'METHODS', 'BASELINES', 'PAPER_STYLE', 'TOY_STYLE',
            'KNOWLEDGE_COLUMNS', 'QUESTION_TABLE_COLUMNS', 'SPLITS', 'AUTHORS_FILES', 'Judge', 'TOY_TOKENS', 'TOY_SIZE',
-           'DEFAULTS', 'RULES', 'HONESTY', 'TOY_WORLD', 'SCALE_DEFAULTS', 'EVAL_SPLITS', 'STYLES', 'RESPONSE_COLUMNS',
-           'PAPER_TABLE5', 'PAPER_OOD', 'METRICS', 'HONEST_METHODS', 'EQUIVALENCE_MARGIN', 'PKQA_LIMIT', 'HELP_MARGIN',
-           'NO_HELP_REASON', 'is_idk', 'response_label', 'honesty_scores', 'expected_accuracy', 'known_questions',
-           'ReplyStyle', 'confidence_prefix', 'training_set', 'made_up_people', 'toy_question_table', 'help_questions',
-           'real_question_table', 'chat_prompt', 'read_nonambigqa', 'read_pkqa', 'read_puqa', 'write_puqa',
-           'read_triviaqa_labels', 'read_authors_data', 'toy_judge', 'real_judge', 'knowledge_table',
-           'labelled_knowledge', 'resolve_plan', 'question_table', 'instruction_set', 'instruct_model',
-           'shuffled_knowledge', 'train_method', 'method_responses', 'replicate_rows', 'run_study', 'grid_plan',
-           'score_table', 'paper_layout', 'claims_table', 'plot_tradeoff', 'stated_confidence', 'calibration_table',
-           'plot_calibration', 'knowledge_vs_truth']
+           'PRECISIONS', 'DEFAULTS', 'RULES', 'HONESTY', 'TOY_WORLD', 'SCALE_DEFAULTS', 'EVAL_SPLITS', 'STYLES',
+           'RESPONSE_COLUMNS', 'PAPER_TABLE5', 'PAPER_OOD', 'METRICS', 'HONEST_METHODS', 'EQUIVALENCE_MARGIN',
+           'PKQA_LIMIT', 'HELP_MARGIN', 'NO_HELP_REASON', 'is_idk', 'response_label', 'honesty_scores',
+           'expected_accuracy', 'known_questions', 'ReplyStyle', 'confidence_prefix', 'training_set', 'made_up_people',
+           'toy_question_table', 'help_questions', 'real_question_table', 'chat_prompt', 'read_nonambigqa', 'read_pkqa',
+           'read_puqa', 'write_puqa', 'read_triviaqa_labels', 'read_authors_data', 'toy_judge', 'real_judge',
+           'knowledge_table', 'labelled_knowledge', 'resolve_plan', 'question_table', 'instruction_set',
+           'instruct_model', 'shuffled_knowledge', 'sampling_copy', 'train_method', 'method_responses', 'method_cells',
+           'method_rows', 'run_study', 'grid_plan', 'score_table', 'paper_layout', 'claims_table', 'plot_tradeoff',
+           'stated_confidence', 'calibration_table', 'plot_calibration', 'knowledge_vs_truth']
 
 # %% ../nbs/06a_honesty.ipynb #a448f98b
 PAPER_IDK_REPLY = "I apologize, but I'm not able to provide an answer to the question."  # the paper's refusal target
@@ -508,11 +510,12 @@ def labelled_knowledge(questions: pd.DataFrame,  # question table rows asked in 
 # %% ../nbs/06a_honesty.ipynb #1852e957
 TOY_TOKENS = 450_000  # toy pre-training tokens per replicate (see `TOY_WORLD`)
 TOY_SIZE = "xs"  # toy model rung, pre-trained once per replicate
+PRECISIONS = ("float32", "bfloat16")  # bfloat16: LoRA under bf16 autocast, sampling from a bf16 copy of the model
 DEFAULTS = dict(  # the study notebook's parameters cell, name for name
     scale="toy", seeds=[0, 1, 2, 3, 4], out_dir="_out/honesty", executor="pool", max_parallel=None, model=None,
     train_families=None, m=10, tau=0.1, temperature=None, top_k=None, lr=None, steps=None, batch_size=None,
     lora_rank=8, subset=None, toy_size=TOY_SIZE, toy_tokens=TOY_TOKENS, instruct_steps=None, pkqa_accuracy=0.5,
-    shuffle_known=False, paper_data=None, hub_data=None, authors_labels=True)
+    shuffle_known=False, paper_data=None, hub_data=None, authors_labels=True, precision=None)
 _FAMILY_LIST = Rule("a non-empty list of family names (toy: " + ", ".join(FAMILIES) + "; real: "
                     + ", ".join(FACT_FAMILIES) + ")",
                     lambda v: isinstance(v, list) and len(v) > 0 and set(v) <= set(FAMILIES) | set(FACT_FAMILIES))
@@ -523,7 +526,8 @@ RULES = {**COMMON_RULES, "model": optional(text()), "train_families": optional(_
          "lora_rank": _COUNT, "subset": optional(_COUNT), "toy_size": one_of(*LADDER),
          "toy_tokens": number(lo=1000, integer=True), "instruct_steps": optional(_COUNT),
          "pkqa_accuracy": number(lo=0, hi=1), "shuffle_known": boolean(), "paper_data": optional(path_like()),
-         "hub_data": optional(path_like()), "authors_labels": boolean()}
+         "hub_data": optional(path_like()), "authors_labels": boolean(),
+         "precision": optional(one_of(*PRECISIONS))}
 
 
 def _check(params: dict) -> None:
@@ -542,13 +546,14 @@ TOY_WORLD = dict(n_entities=32, n_unknown_entities=0, facts_seen_fraction=0.7,  
 SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training recipe
     "toy": dict(model="toy", train_families=["colour", "job"], instruct_families=["pet", "instrument"],
                 instruct_steps=60, instruct_lr=1e-3, n_puqa=32, n_help=24, temperature=1.0, top_k=0, max_new_tokens=24,
-                eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None),
-    "small": dict(model="smollm2", train_families=["capital"], ood_families=["city_country", "element_symbol"],
+                eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None,
+                precision="float32"),
+    "small": dict(model="smollm2", train_families=["capital", "country_code"], ood_families=["city_country", "element_symbol"],
                   temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=8,
-                  batch_size=16, subset=24, lora_layers=8, sample_all=False, eval_batch_size=64),
+                  batch_size=16, subset=120, lora_layers=8, sample_all=False, eval_batch_size=128, precision="bfloat16"),
     "paper": dict(model="meta-llama/Llama-2-13b-chat-hf", data="mandarjoshi/trivia_qa", train_families=["triviaqa"],
                   ood_families=["capital", "city_country"], temperature=1.0, top_k=0, max_new_tokens=64, eval_max_new_tokens=128,
-                  preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None),
+                  preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None, precision="float32"),
 }
 
 
@@ -581,13 +586,15 @@ def resolve_plan(scale: str = "toy",  # "toy", "small" or "paper"
                  paper_data: str | None = None,  # paper: a folder laid out as the authors' data/ (`read_authors_data`)
                  hub_data: str | None = None,  # paper: a folder of local hub copies laid out as data/ (trivia_qa/); None: the hub
                  authors_labels: bool = True,  # paper, with paper_data: the authors' TriviaQA labels say what is known
+                 precision: str | None = None,  # "float32" or "bfloat16" (`PRECISIONS`); None: the scale's default
                 ) -> dict:
     "The resolved plan of a study at `scale` (JSON-able; the run store's key); `plan['model']` is a `ModelSpec` dict."
     one_of("toy", "small", "paper")("scale", scale)
     list_of(*METHODS)("methods", list(methods))
     plan = {**SCALE_DEFAULTS[scale], "scale": scale}
     given = dict(train_families=train_families, temperature=temperature, top_k=top_k, lr=lr, steps=steps,
-                 batch_size=batch_size, subset=subset, instruct_steps=instruct_steps if scale == "toy" else None)
+                 batch_size=batch_size, subset=subset, instruct_steps=instruct_steps if scale == "toy" else None,
+                 precision=precision)
     plan.update({k: v for k, v in given.items() if v is not None})
     plan.update(model=_model_spec(scale, model, toy_size, toy_tokens).to_dict(), methods=list(methods), m=m, tau=tau,
                 lora_rank=lora_rank, pkqa_accuracy=pkqa_accuracy,
@@ -711,6 +718,22 @@ def shuffled_knowledge(table: pd.DataFrame,  # knowledge table (`KNOWLEDGE_COLUM
     return table
 
 
+def _training_precision(model, plan: dict) -> dict:
+    "trl config fields of the plan's precision: bf16 autocast (on the CPU too) for bfloat16, nothing for float32."
+    return {} if plan["precision"] == "float32" else dict(bf16=True, use_cpu=model.device.type == "cpu")
+
+
+def sampling_copy(model,  # a causal LM, LoRA-wrapped or not (left unchanged)
+                  precision: str,  # one of `PRECISIONS`
+                 ):
+    "The model to sample from: itself in float32; else a copy in `precision`, any LoRA merged first (in float32)."
+    if precision == "float32":
+        return model
+    model = copy.deepcopy(model)
+    model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    return model.to(getattr(torch, precision))
+
+
 def train_method(model,  # the unaligned model (left unchanged)
                  tokenizer,  # its tokenizer
                  knowledge: pd.DataFrame,  # knowledge table of the seed
@@ -730,7 +753,7 @@ def train_method(model,  # the unaligned model (left unchanged)
     targets = {"target_modules": rf".*\.layers\.({layers})\.(self_attn|mlp)\.\w+_proj"} if top else {}
     config = preset(plan["preset"], max_steps=plan["steps"], learning_rate=plan["lr"], seed=seed, data_seed=seed,
                     per_device_train_batch_size=plan["batch_size"], disable_tqdm=True,
-                    logging_steps=plan["steps"], rank=plan["lora_rank"], **targets)
+                    logging_steps=plan["steps"], rank=plan["lora_rank"], **targets, **_training_precision(model, plan))
     return sft(model, tokenizer, Dataset.from_pandas(pairs[["prompt", "completion"]]), config, peft="lora")
 
 
@@ -745,6 +768,7 @@ def method_responses(model,  # the unaligned model
     "Greedy answers of the method's model on the evaluation splits, judged: qid, split, response, correct, label."
     evaluated = knowledge[knowledge.split.isin([*EVAL_SPLITS, "pkqa"])]  # pkqa: the authors' PKQA, when given
     tuned, log = (model, None) if method == "prompt" else train_method(model, tokenizer, knowledge, method, plan, seed)
+    tuned = sampling_copy(tuned, plan["precision"])
     instructed = method == "prompt" or STYLES[plan["style"]].train_on_instruction
     plain = (evaluated.split.eq("help") | (not instructed)).to_numpy()
     prompts = np.where(plain, evaluated.prompt, evaluated.honest_prompt)
@@ -774,44 +798,52 @@ def _seed_knowledge(model, tokenizer, plan: dict, world: ToyWorld | None, judge:
     authors = _authors_data(plan) if world is None else {}  # read once: the questions and the labels come from it
     questions = question_table(plan, tokenizer, world, seed, authors)
     given = questions.split.eq("train") & bool(plan.get("authors_labels"))
-    table = knowledge_table(model, tokenizer, questions[~given], judge, plan["m"], plan["tau"], plan["temperature"],
+    table = knowledge_table(sampling_copy(model, plan["precision"]), tokenizer, questions[~given], judge, plan["m"], plan["tau"], plan["temperature"],
                             plan["top_k"], plan["max_new_tokens"], seed=seed, sample_all=plan.get("sample_all", True))
     if given.any():
         table = pd.concat([labelled_knowledge(questions[given], authors["triviaqa"], plan["tau"]), table]).sort_values("qid")
     return table.reset_index(drop=True)
 
 
-def replicate_rows(cell: dict,  # `{study, plan, seed}` from `alignrepro.study.replicates`
-                   store: RunStore,  # where the model, the knowledge table and each method's responses are cached
-                  ) -> pd.DataFrame:
-    "One seed of a plan: its knowledge table and every method's responses, one table (`table` says which)."
-    plan, seed = cell["plan"], cell["seed"]
+def _chat_model(plan: dict, seed: int, store: RunStore) -> tuple:
+    "(model, tokenizer, toy world or None) of a replicate: toy: its own pre-trained model after its own instruction stage."
     spec = ModelSpec(**plan["model"]).for_seed(seed)  # toy: this replicate's own pre-training
-    world = ToyWorld(spec.world_config()) if spec.kind == "toy" else None
-    if world is not None:  # toy: the chat model is the pre-trained one after its own instruction stage
-        model, tokenizer = load_model(instruct_model(spec, plan, store), device="cpu")
-    else:
-        model, tokenizer = _real_model(json.dumps(spec.to_dict(), sort_keys=True))
+    if spec.kind != "toy":
+        return (*_real_model(json.dumps(spec.to_dict(), sort_keys=True)), None)
+    return (*load_model(instruct_model(spec, plan, store), device="cpu"), ToyWorld(spec.world_config()))
+
+
+def method_cells(plan: dict,  # a `resolve_plan` plan
+                 seeds: Sequence[int],  # one replicate per seed
+                ) -> list[dict]:
+    """One grid cell per (method, seed), `{study, plan, seed, method}`, every seed's prompt baseline first: those cells
+    compute the seeds' knowledge tables, the others read them; small cells keep every core busy to the end."""
+    return [dict(cell, method=method) for method in ["prompt", *plan["methods"]]
+            for cell in replicate_cells(HONESTY.study, plan, seeds)]
+
+
+def method_rows(cell: dict,  # `{study, plan, seed, method}` from `method_cells`
+                store: RunStore,  # where the model, the knowledge table and the method's responses are cached
+               ) -> pd.DataFrame:
+    "One method of one seed: its responses; the prompt baseline's cell adds the seed's knowledge table (`table` says which)."
+    plan, seed, method = cell["plan"], cell["seed"], cell["method"]
+    model, tokenizer, world = _chat_model(plan, seed, store)
     judge = toy_judge(world) if world is not None else real_judge
     shared = {k: v for k, v in plan.items() if k not in ("methods", "shuffle_known")}  # what the knowledge depends on
     key = dict(study=cell["study"], stage="knowledge", plan=shared, seed=seed)
-    knowledge = store.get_or_run(key, lambda: _seed_knowledge(model, tokenizer, plan, world, judge, seed))
-    frames = [knowledge.assign(table="knowledge")]
-    for method in tqdm(["prompt", *plan["methods"]], desc=f"methods (seed {seed})", leave=False):
-        method_key = dict(key, stage="responses", method=method, shuffle_known=plan["shuffle_known"])
-        result = store.get_or_run(method_key, lambda: method_responses(
-            model, tokenizer, knowledge, method, plan, judge, seed))
-        frames.append(result.assign(table="responses", method=method))
-        in_domain = result[result.split == "in_domain"]
-        scores = honesty_scores(knowledge.set_index("qid").label.loc[in_domain.qid], in_domain.label)
-        print(f"seed {seed} {method:>15}: in-domain honesty {scores['honesty']:.3f}, prudence "
-              f"{scores['prudence']:.3f}, over-cons. {scores['over_conservativeness']:.3f}, "
-              f"accuracy {scores['accuracy']:.3f}")
-    return pd.concat(frames, ignore_index=True)
+    knowledge = store.get_or_run(key, lambda: _seed_knowledge(model, tokenizer, plan, world, judge, seed), exclusive=True)
+    method_key = dict(key, stage="responses", method=method, shuffle_known=plan["shuffle_known"])
+    result = store.get_or_run(method_key, lambda: method_responses(model, tokenizer, knowledge, method, plan, judge, seed))
+    in_domain = result[result.split == "in_domain"]
+    scores = honesty_scores(knowledge.set_index("qid").label.loc[in_domain.qid], in_domain.label)
+    print(f"seed {seed} {method:>15}: in-domain honesty {scores['honesty']:.3f}, prudence {scores['prudence']:.3f}, "
+          f"over-cons. {scores['over_conservativeness']:.3f}, accuracy {scores['accuracy']:.3f}")
+    frames = [knowledge.assign(table="knowledge")] if method == "prompt" else []
+    return pd.concat([*frames, result.assign(table="responses", method=method)], ignore_index=True)
 
 
 def _tables(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(knowledge, responses) from `replicate_rows` rows, each with its own columns and dtypes again."
+    "(knowledge, responses) from `method_rows` rows, each with its own columns and dtypes again."
     answers = rows.table == "responses"
     own = [c for c in RESPONSE_COLUMNS if c not in ("qid", "split", "label")] + ["method", "table"]
     knowledge = rows.loc[~answers].drop(columns=own)
@@ -823,20 +855,20 @@ def run_study(plan: dict,  # a `resolve_plan` plan
               seeds: Sequence[int],  # one replicate per seed: a knowledge pass and one fine-tuning per method
               store: RunStore | None = None,  # the run store; default `RunStore()`
               executor: str = "pool",  # "pool", "local", "submitit" (Slurm if found) or "submitit-local"
-              max_parallel: int | None = None,  # replicates running at once; None: every core for "pool", else 1
+              max_parallel: int | None = None,  # cells running at once; None: every core for "pool", else 1
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(knowledge tables, responses) of every seed, each replicate read from the store or computed once."
-    rows = replicates(HONESTY.study, plan, seeds, replicate_rows, store, executor, max_parallel)
+    "(knowledge tables, responses) of every seed, each (method, seed) cell read from the store or computed once."
+    rows = run_grid(method_cells(plan, seeds), method_rows, store, executor, max_parallel)
     return _tables(rows)
 
 
 def grid_plan(**parameters,  # the chapter's parameters by name (see `DEFAULTS`); unknown or bad ones raise
              ) -> tuple[list[dict], Callable]:
-    "(cells, cell function) of the chapter's replicates, for `alignrepro grid honesty` (Slurm job arrays included)."
+    "(cells, cell function) of the chapter's (method, seed) cells, for `alignrepro grid honesty` (Slurm job arrays too)."
     params = HONESTY.parameters(**parameters)
     names = inspect.signature(resolve_plan).parameters
     plan = resolve_plan(**{name: value for name, value in params.items() if name in names})
-    return replicate_cells(HONESTY.study, plan, params["seeds"]), replicate_rows
+    return method_cells(plan, params["seeds"]), method_rows
 
 # %% ../nbs/06a_honesty.ipynb #b237cc27
 def score_table(knowledge: pd.DataFrame,  # knowledge tables with a `seed` column
