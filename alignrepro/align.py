@@ -258,14 +258,16 @@ def _wraps_fused_forward(forward) -> bool:
 
 def strip_fused_forward(model: torch.nn.Module  # a model trl trained (or is training), changed in place
                        ) -> torch.nn.Module:
-    """Remove trl's fused-LM-head forward patches (instance attributes), restoring each module's own forward.
+    """Remove trl's fused-LM-head forward patches and re-bound forwards (instance attributes), restoring each
+    module's own forward.
 
     trl patches `model.forward` with a closure over the original bound forward (accelerate may wrap it again for
     mixed precision); a `copy.deepcopy` of a patched model keeps calling the *original* model's forward, so
     copies would silently score the wrong weights."""
     for module in model.modules():
         patched = vars(module).get("forward")
-        if patched is not None and _wraps_fused_forward(patched):
+        own = getattr(patched, "__func__", None) is type(module).forward  # accelerate's unwrap re-binds the original
+        if patched is not None and (own or _wraps_fused_forward(patched)):
             del module.forward
     return model
 
@@ -393,8 +395,8 @@ def _train(trainer: SFTTrainer | DPOTrainer) -> tuple[PreTrainedModel, pd.DataFr
         folder = Path(trainer.args.output_dir)
         if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(_TEMP_PREFIX):
             shutil.rmtree(folder, ignore_errors=True)
-    model = strip_fused_forward(trainer.model).eval()
-    return model, training_log(trainer)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # mixed precision's autocast
+    return strip_fused_forward(model).eval(), training_log(trainer)  # forward goes: its `logits_to_keep` is back
 
 def sft(model: PreTrainedModel,  # a causal language model (left unchanged unless `inplace`)
         tokenizer: PreTrainedTokenizerBase,  # its tokenizer

@@ -731,7 +731,11 @@ def sampling_copy(model,  # a causal LM, LoRA-wrapped or not (left unchanged)
         return model
     model = copy.deepcopy(model)
     model = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    return model.to(getattr(torch, precision))
+    model = model.to(getattr(torch, precision))
+    # the head gets a contiguous input: on a CPU, bf16 matmul of the strided last position (`logits_to_keep`) by a
+    # weight without grad broadcasts the weight into a batched product, hundreds of times slower
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    return model
 
 
 def train_method(model,  # the unaligned model (left unchanged)

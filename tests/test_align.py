@@ -261,3 +261,14 @@ def test_a_run_leaves_no_temporary_output_folder(tiny, sft_data, tmp_path, monke
     assert Path(trainer.args.output_dir).parent == tmp_path  # the run was given a temporary folder...
     sft(model, tokenizer, sft_data, quick("cpu_sft", max_steps=1))
     assert [p.name for p in tmp_path.iterdir()] == [Path(trainer.args.output_dir).name]  # ...and sft removed its own
+
+
+def test_mixed_precision_training_returns_a_plain_forward(tiny, sft_data):
+    "bf16 autocast wraps the model's forward for training; the returned model computes its head on the last positions."
+    from alignrepro.evaluate import _keeps_logits
+    model, tokenizer = tiny
+    tuned, _ = sft(model, tokenizer, sft_data, quick("cpu_sft", max_steps=2, bf16=True, use_cpu=True), peft="lora")
+    assert not any("forward" in vars(module) for module in tuned.modules()) and _keeps_logits(tuned.get_base_model())
+    ids = tokenizer([PROMPT], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert tuned(ids).logits.dtype == torch.float32 and tuned(ids, logits_to_keep=1).logits.shape[1] == 1
