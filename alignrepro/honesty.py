@@ -549,8 +549,9 @@ SCALE_DEFAULTS = {  # per scale: model, training families, sampling and training
                 eval_max_new_tokens=24, preset="cpu_sft", lr=2e-3, steps=60, batch_size=16, subset=None,
                 precision="float32"),
     "small": dict(model="smollm2", train_families=["capital", "country_code"],
-                  ood_families=["city_country", "element_symbol"], temperature=1.0, top_k=20, max_new_tokens=16, eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=8,
-                  batch_size=16, subset=120, lora_layers=8, sample_all=False, eval_batch_size=128, precision="bfloat16"),
+                  ood_families=["city_country", "element_symbol"], temperature=1.0, top_k=20, max_new_tokens=16,
+                  eval_max_new_tokens=48, preset="cpu_sft", lr=1e-3, steps=8, batch_size=16, subset=120, lora_layers=8,
+                  sample_all=False, eval_batch_size=128, precision="bfloat16"),
     "paper": dict(model="meta-llama/Llama-2-13b-chat-hf", data="mandarjoshi/trivia_qa", train_families=["triviaqa"],
                   ood_families=["capital", "city_country"], temperature=1.0, top_k=0, max_new_tokens=64, eval_max_new_tokens=128,
                   preset="thakkar_sft", lr=2e-4, steps=700, batch_size=16, subset=None, precision="float32"),
@@ -802,8 +803,9 @@ def _seed_knowledge(model, tokenizer, plan: dict, world: ToyWorld | None, judge:
     authors = _authors_data(plan) if world is None else {}  # read once: the questions and the labels come from it
     questions = question_table(plan, tokenizer, world, seed, authors)
     given = questions.split.eq("train") & bool(plan.get("authors_labels"))
-    table = knowledge_table(sampling_copy(model, plan["precision"]), tokenizer, questions[~given], judge, plan["m"], plan["tau"], plan["temperature"],
-                            plan["top_k"], plan["max_new_tokens"], seed=seed, sample_all=plan.get("sample_all", True))
+    table = knowledge_table(sampling_copy(model, plan["precision"]), tokenizer, questions[~given], judge, plan["m"],
+                            plan["tau"], plan["temperature"], plan["top_k"], plan["max_new_tokens"], seed=seed,
+                            sample_all=plan.get("sample_all", True))
     if given.any():
         table = pd.concat([labelled_knowledge(questions[given], authors["triviaqa"], plan["tau"]), table]).sort_values("qid")
     return table.reset_index(drop=True)
