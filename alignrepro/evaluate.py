@@ -209,6 +209,23 @@ def _filter_logits(logits: torch.Tensor,  # [rows, vocab], float32
     return logits
 
 
+def _next_tokens(logits: torch.Tensor,  # [rows, vocab], float32
+                 temperature: float, top_k: int, top_p: float,  # `sample`'s
+                 generator: torch.Generator,  # draws the samples
+                ) -> torch.Tensor:
+    """The next token of each row: the most likely at temperature 0, else drawn from the filtered softmax. With top-k
+    the draw runs over the k candidates only: the same distribution, without a random number per vocabulary entry
+    (on a CPU those made up most of a sampling step of a 49k vocabulary)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    if 0 < top_k < logits.shape[-1]:
+        values, candidates = logits.topk(top_k, dim=-1)
+        probs = _filter_logits(values / temperature, 0, top_p).softmax(-1)
+        return candidates.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+    probs = _filter_logits(logits / temperature, 0, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
 def _eos_ids(model, tokenizer) -> set[int]:
     "End-of-sequence ids from the tokenizer and the model's generation config."
     ids = {tokenizer.eos_token_id}
@@ -257,12 +274,7 @@ def _sample_batch(model, rows: list[list[int]], n: int, pad_id: int, eos: set[in
     going = torch.arange(logits.shape[0], device=device)  # the rows still in the cache
     new = []
     for _ in range(max_new_tokens):
-        if temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        token = token.masked_fill(done, pad_id)
+        token = _next_tokens(logits, temperature, top_k, top_p, generator).masked_fill(done, pad_id)
         new.append(token)
         done |= torch.isin(token, eos_ids)
         if finished_early is not None:

@@ -470,7 +470,8 @@ def knowledge_table(model,  # the unaligned causal LM
                     temperature: float = 1.0,  # sampling temperature of the m samples
                     top_k: int = 0,  # sample among the k most likely tokens (0: all)
                     max_new_tokens: int = 24,  # longest answer, in tokens
-                    batch_size: int = 32,  # prompts per batch
+                    batch_size: int = 32,  # prompts per batch (of the samples: each drawn m times)
+                    greedy_batch_size: int | None = None,  # prompts per batch of the greedy answers; None: batch_size
                     seed: int = 0,  # seed of the sampling
                     sample_all: bool = True,  # False: sample only the training questions and the evaluation questions
                                               # answered right greedily (PKQA's candidates); the others get no samples
@@ -478,7 +479,8 @@ def knowledge_table(model,  # the unaligned causal LM
     "The question table with greedy and sampled answers, their correctness, `expected_accuracy`, `known`, `label`."
     prompts, rows = questions.prompt.tolist(), questions.to_dict("records")
     greedy = [s[0] for s in shared_prefix_sample(model, tokenizer, prompts, n=1, temperature=0.0,
-                                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)]
+                                                 max_new_tokens=max_new_tokens, batch_size=greedy_batch_size or batch_size,
+                                                 seed=seed)]
     greedy_correct = [judge(row, g) for row, g in zip(rows, greedy)]
     wanted = [sample_all or row["split"] == "train" or (ok and row["split"] in ("in_domain", "ood"))
               for row, ok in zip(rows, greedy_correct)]
@@ -804,7 +806,8 @@ def _seed_knowledge(model, tokenizer, plan: dict, world: ToyWorld | None, judge:
     questions = question_table(plan, tokenizer, world, seed, authors)
     given = questions.split.eq("train") & bool(plan.get("authors_labels"))
     table = knowledge_table(sampling_copy(model, plan["precision"]), tokenizer, questions[~given], judge, plan["m"],
-                            plan["tau"], plan["temperature"], plan["top_k"], plan["max_new_tokens"], seed=seed,
+                            plan["tau"], plan["temperature"], plan["top_k"], plan["max_new_tokens"],
+                            greedy_batch_size=plan.get("eval_batch_size"), seed=seed,
                             sample_all=plan.get("sample_all", True))
     if given.any():
         table = pd.concat([labelled_knowledge(questions[given], authors["triviaqa"], plan["tau"]), table]).sort_values("qid")
