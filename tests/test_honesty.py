@@ -372,8 +372,8 @@ def test_fine_tuned_at_50_is_tested_when_it_refuses_and_says_why_when_it_never_d
 def test_small_scale_is_scored(tmp_path):
     """`papermill nbs/06_honesty.ipynb out.ipynb -p scale small`: SmolLM2-135M-Instruct, the small default of questions
     per split, every method and the prompt baseline, 5 seeds; every claim a row with `scale = small`, helpfulness scored.
-    Measured at 32 minutes on 2 cores (120 per split, bfloat16), over the chapter fixture's 30-minute limit, so the
-    command runs with its own."""
+    Measured at 28 minutes on 2 cores (120 per split, bfloat16), near the chapter fixture's 30-minute limit, so the
+    command runs with a limit of its own (a slower machine is not a failure)."""
     nbs = Path(__file__).resolve().parent.parent / "nbs"
     command = [str(Path(sys.executable).with_name("papermill")), str(nbs / "06_honesty.ipynb"),
                str(tmp_path / "out.ipynb"), "--cwd", str(nbs), "-k", "python3", "--no-progress-bar",
