@@ -193,14 +193,10 @@ def kl_divergence(model_p,  # the model whose distribution is p (e.g. the fine-t
     return total / count
 
 # %% ../nbs/02b_evaluate.ipynb #b2f23c54
-def _filter_logits(logits: torch.Tensor,  # [rows, vocab], float32
-                   top_k: int,  # keep the k most likely tokens; 0 keeps all
-                   top_p: float,  # keep the smallest set with this much probability; 1 keeps all
-                   ) -> torch.Tensor:
-    "Logits with the tokens outside top-k and the top-p nucleus set to -inf."
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+def _nucleus(logits: torch.Tensor,  # [rows, tokens], float32
+             top_p: float,  # keep the smallest set with this much probability; 1 keeps all
+            ) -> torch.Tensor:
+    "Logits with the tokens outside the top-p nucleus set to -inf."
     if top_p < 1.0:
         sorted_logits, sorted_index = logits.sort(-1, descending=True)
         before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)  # mass of better tokens
@@ -220,9 +216,9 @@ def _next_tokens(logits: torch.Tensor,  # [rows, vocab], float32
         return logits.argmax(-1)
     if 0 < top_k < logits.shape[-1]:
         values, candidates = logits.topk(top_k, dim=-1)
-        probs = _filter_logits(values / temperature, 0, top_p).softmax(-1)
+        probs = _nucleus(values / temperature, top_p).softmax(-1)
         return candidates.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
-    probs = _filter_logits(logits / temperature, 0, top_p).softmax(-1)
+    probs = _nucleus(logits / temperature, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -19,7 +19,7 @@ import torch
 
 import alignrepro.evaluate as evaluate
 from alignrepro.data import fact_questions
-from alignrepro.evaluate import _filter_logits, _next_tokens, shared_prefix_sample
+from alignrepro.evaluate import _next_tokens, _nucleus, shared_prefix_sample
 from alignrepro.honesty import chat_prompt, real_question_table, sampling_copy
 from alignrepro.study import ModelSpec, load
 
@@ -29,7 +29,7 @@ def _whole_vocabulary(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         return logits.argmax(-1)
     kth = logits.topk(top_k, dim=-1).values[:, -1:]
-    probs = _filter_logits(logits.masked_fill(logits < kth, float("-inf")) / temperature, 0, top_p).softmax(-1)
+    probs = _nucleus(logits.masked_fill(logits < kth, float("-inf")) / temperature, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
