@@ -20,7 +20,8 @@ from alignrepro.honesty import chat_prompt, real_question_table, resolve_plan, s
 from alignrepro.study import ModelSpec, load
 
 
-def _timed(fn):
+def timed(fn):
+    "(seconds, result) of calling `fn`."
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
@@ -42,13 +43,13 @@ def main(questions: int, steps: int) -> None:
     times, losses, tuned = {}, {}, {}
     for precision in ("float32", "bfloat16"):
         plan = resolve_plan("small", steps=steps, precision=precision)
-        times[precision], (tuned[precision], log) = _timed(lambda: train_method(model, tokenizer, train, "absolute", plan, 0))
+        times[precision], (tuned[precision], log) = timed(lambda: train_method(model, tokenizer, train, "absolute", plan, 0))
         losses[precision] = float(log.loss.iloc[-1])
-    full = _timed(lambda: _answers(tuned["float32"], tokenizer, prompts))
+    full = timed(lambda: _answers(tuned["float32"], tokenizer, prompts))
     half_model = sampling_copy(tuned["bfloat16"], "bfloat16")
-    half = _timed(lambda: _answers(half_model, tokenizer, prompts))
+    half = timed(lambda: _answers(half_model, tokenizer, prompts))
     half_model.get_output_embeddings()._forward_pre_hooks.clear()  # the strided head input, as before the fix
-    strided = _timed(lambda: _answers(half_model, tokenizer, prompts))
+    strided = timed(lambda: _answers(half_model, tokenizer, prompts))
     same = sum(a == b for a, b in zip(full[1], half[1]))
     print(pd.Series({
         f"answers to {len(prompts)} questions: float32 / bfloat16": round(full[0] / half[0], 2),

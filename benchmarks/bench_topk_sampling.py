@@ -12,10 +12,10 @@ the same distribution. This prints, measured in one run:
     python benchmarks/bench_topk_sampling.py --prompts 32 --m 10
 """
 import argparse
-import time
 
 import pandas as pd
 import torch
+from bench_honesty_precision import timed
 
 import alignrepro.evaluate as evaluate
 from alignrepro.data import fact_questions
@@ -33,12 +33,6 @@ def _whole_vocabulary(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _timed(fn):
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
-
-
 def main(prompts: int, m: int, top_k: int = 20) -> None:
     torch.set_num_threads(1)
     model, tokenizer = load(ModelSpec("smollm2"))
@@ -47,14 +41,14 @@ def main(prompts: int, m: int, top_k: int = 20) -> None:
     half = sampling_copy(model, "bfloat16")
     draw = lambda: shared_prefix_sample(half, tokenizer, asked, n=m, temperature=1.0, top_k=top_k, max_new_tokens=16,
                                         batch_size=32, seed=0)
-    candidates, _ = _timed(draw)
+    candidates, _ = timed(draw)
     evaluate._next_tokens = _whole_vocabulary  # `_sample_batch` looks the choice up at each step
     try:
-        whole, _ = _timed(draw)
+        whole, _ = timed(draw)
     finally:
         evaluate._next_tokens = _next_tokens
     logits = torch.randn(320, model.config.vocab_size) * 3
-    step = {name: _timed(lambda: [fn(logits, 1.0, top_k, 1.0, torch.Generator().manual_seed(0)) for _ in range(5)])[0]
+    step = {name: timed(lambda: [fn(logits, 1.0, top_k, 1.0, torch.Generator().manual_seed(0)) for _ in range(5)])[0]
             for name, fn in (("whole", _whole_vocabulary), ("candidates", _next_tokens))}
     one = logits[:1].repeat(4000, 1)
     counts = [torch.bincount(fn(one, 1.0, top_k, 1.0, torch.Generator().manual_seed(1)), minlength=logits.shape[1])
