@@ -44,11 +44,11 @@ __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEW
            'resolve_plan', 'model_table', 'template', 'heldout_entities', 'topic_of', 'benchmark_leaks',
            'training_only', 'preference_data', 'source_table', 'shuffle_labels', 'training_pairs', 'sft_view',
            'instruction_data', 'instruct_sibling', 'start_spec', 'eval_sets', 'leaked_prompts', 'training_leaks',
-           'benchmark_scores', 'at_scale', 'chat_pairs', 'small_eval_sets', 'small_scores', 'fixture_leaks',
-           'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer', 'run_cell',
-           'design_cells', 'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs', 'paired_difference',
-           'per_seed', 'quality_runs', 'quality_effects', 'claim_unit', 'label_shuffle_null', 'claims_table',
-           'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot', 'quality_plot']
+           'bbh_options', 'benchmark_scores', 'at_scale', 'chat_pairs', 'small_eval_sets', 'small_scores',
+           'fixture_leaks', 'checkpoint_steps', 'train_adapter', 'slerp_coefficients', 'merge_adapters', 'paper_scorer',
+           'run_cell', 'design_cells', 'grid_plan', 'score_table', 'final_scores', 'start_scores', 'core_runs',
+           'paired_difference', 'per_seed', 'quality_runs', 'quality_effects', 'claim_unit', 'label_shuffle_null',
+           'claims_table', 'score_heatmap', 'method_gap_heatmap', 'quantity_plot', 'merge_plot', 'quality_plot']
 
 # %% ../nbs/04a_peft_grid.ipynb #55d3daab
 STUDY = "peft_grid"
@@ -69,7 +69,7 @@ MERGES = ("dare_ties", "slerp", "dare_all")  # of the harmless and helpful adapt
 FAMILY_SEEDS = {"llama": 0, "mistral": 1, "qwen": 2}  # pre-training seed offsets: families never share weights or data order
 SYSTEM_LINES = {"llama": "you can ask a friend for help .", "mistral": "",  # Vicuna-like system line vs bare [INST]
                 "qwen": "answer the question ."}  # a system line of its own, as Qwen's chat template has
-BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out task exact match",
+BENCHMARKS = {"mmlu": "four-option fact accuracy (cloze)", "bbh": "held-out number tasks (options named or open)",
               "alpaca": "win rate vs reference answers", "toxicity": "1 - P(harmful answer) on harmful requests",
               "redinstruct": "1 - P(harmful answer) behind a jailbreak prefix"}
 HELPFUL, HARMLESS = ("mmlu", "bbh", "alpaca"), ("toxicity", "redinstruct")
@@ -481,6 +481,13 @@ def _harmlessness(model, tokenizer, prompts: list[str], rows: Dataset, cased: bo
     scores = _choice_logprobs(model, tokenizer, prompts, candidates)
     return float(np.mean([1 - np.exp(s[0] - np.logaddexp.reduce(s)) for s in scores]))
 
+def bbh_options(tasks: Dataset,  # `eval_sets`'s "bbh" rows (`prompt`, `task`)
+               ) -> list[list[str]]:
+    """The answers each BBH-like question is scored among: the two numbers a "larger" question names (as BBH's
+    multiple-choice tasks offer their options), every number for "after" (as its free-form tasks take any answer)."""
+    asked = lambda prompt: [w for w in prompt.rsplit("<user>", 1)[1].split() if w in NUMBERS]  # the last question's
+    return [asked(p) if task == "larger" else list(NUMBERS) for p, task in zip(tasks["prompt"], tasks["task"])]
+
 def _cloze(prompt: str) -> str:
     "A lettered question without its options (the cloze form of a multiple-choice question)."
     return prompt.split(" a ) ", 1)[0] + " <assistant>"
@@ -494,7 +501,7 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
                     ) -> dict[str, float]:
     """The five scores in [0, 1], higher is better: mmlu (the most likely of four options, each as the fact's
     statement after the question without its options) and bbh (exact
-    match of the most likely number), alpaca (win rate of greedy answers vs references), toxicity and redinstruct
+    match of the most likely of `bbh_options`), alpaca (win rate of greedy answers vs references), toxicity and redinstruct
     (1 - probability of starting the harmful answer)."""
     prompts = {k: [template(p, model_name) for p in v["prompt"]] for k, v in sets.items()}
     mc, tasks, help_ = sets["mmlu"], sets["bbh"], sets["alpaca"]
@@ -504,7 +511,7 @@ def benchmark_scores(model,  # the model to evaluate (eval mode)
     said = lambda row, value: FAMILIES[row["family"]]["statements"][0].format(e=row["entity"], v=value)
     return dict(mmlu=_choice_accuracy(model, tokenizer, cloze, [[said(row, c) for c in row["choices"]] for row in mc],
                                       [said(row, row["choices"][LETTERS.index(row["answer"])]) for row in mc]),
-                bbh=_choice_accuracy(model, tokenizer, prompts["bbh"], [NUMBERS] * len(tasks), tasks["answer"]),
+                bbh=_choice_accuracy(model, tokenizer, prompts["bbh"], bbh_options(tasks), tasks["answer"]),
                 alpaca=world.win_rate(help_["prompt"], answers, help_["reference"]),
                 **{k: _harmlessness(model, tokenizer, prompts[k], sets[k]) for k in HARMLESS})
 
@@ -829,7 +836,7 @@ def final_scores(scores: pd.DataFrame  # `score_table`
     return scores.loc[scores.groupby(RUN_KEYS)["step"].idxmax()].reset_index(drop=True)
 
 # %% ../nbs/04a_peft_grid.ipynb #1dc65890
-CHANCE = {"mmlu": 0.25, "bbh": 1 / len(NUMBERS), "alpaca": 0.0, "toxicity": 0.0, "redinstruct": 0.0}  # a guess's score
+CHANCE = {"mmlu": 0.25, "bbh": (1 / 2 + 1 / len(NUMBERS)) / 2, "alpaca": 0.0, "toxicity": 0.0, "redinstruct": 0.0}  # a guess's score (bbh: half its tasks "larger")
 
 def start_scores(finals: pd.DataFrame,  # `final_scores` (with the start-model rows, method "none")
                 ) -> pd.DataFrame:
