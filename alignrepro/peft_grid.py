@@ -836,14 +836,18 @@ def final_scores(scores: pd.DataFrame  # `score_table`
     return scores.loc[scores.groupby(RUN_KEYS)["step"].idxmax()].reset_index(drop=True)
 
 # %% ../nbs/04a_peft_grid.ipynb #1dc65890
-CHANCE = {"mmlu": 0.25, "bbh": (1 / 2 + 1 / len(NUMBERS)) / 2, "alpaca": 0.0, "toxicity": 0.0, "redinstruct": 0.0}  # a guess's score (bbh: half its tasks "larger")
+_GUESS = {"mmlu": 0.25, "alpaca": 0.0, "toxicity": 0.0, "redinstruct": 0.0}  # a guess's score on the other four
+CHANCE = {"toy": dict(_GUESS, bbh=(1 / 2 + 1 / len(NUMBERS)) / 2),  # half the number tasks "larger": 2 options, half 12
+          "small": dict(_GUESS, bbh=0.25),  # four-option element questions
+          "paper": dict(_GUESS, bbh=0.0)}  # BBH's tasks have no one chance level: the 0.2 floor alone
 
 def start_scores(finals: pd.DataFrame,  # `final_scores` (with the start-model rows, method "none")
+                 scale: str = "toy",  # whose chance levels (`CHANCE`) mark a floor
                 ) -> pd.DataFrame:
     "Each model's mean start score per benchmark, and `flags`: the benchmarks at their floor or ceiling."
     start = finals[finals.method == "none"].groupby("model")[list(BENCHMARKS)].mean()
     def flags(row: pd.Series) -> str:
-        floor = [b for b in BENCHMARKS if row[b] < max(0.2, CHANCE[b] + 0.05)]
+        floor = [b for b in BENCHMARKS if row[b] < max(0.2, CHANCE[scale][b] + 0.05)]
         ceiling = [b for b in BENCHMARKS if row[b] > 0.9]
         return "; ".join([f"floor: {', '.join(floor)}"] * bool(floor) + [f"ceiling: {', '.join(ceiling)}"] * bool(ceiling)) or "-"
     return start.assign(flags=start.apply(flags, axis=1))
