@@ -33,7 +33,7 @@ from .stats import ClaimResult, all_of, claim_row, mean_effect, untested
 from .grid import code_fingerprint, grid_cells
 from .study import Chapter, ModelSpec, load, pretrained, replicate_unit
 from .world import (BEAVERTAILS_LIKE, FAMILIES, HELDOUT_TASKS, HH_LIKE, JAILBREAK_PREFIX, LETTERS, MC_INSTRUCTION, NUMBERS,
-                              REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig)
+                              REFUSALS, SAFETY_TOPICS, ToyWorld, WorldConfig, question_words)
 
 # %% auto #0
 __all__ = ['STUDY', 'SPLIT', 'MODELS', 'PAPER_MODELS', 'DATASETS', 'QUALITY_VIEWS', 'VIEWS', 'PREFERENCES', 'METHODS', 'PEFTS',
@@ -420,7 +420,7 @@ def leaked_prompts(sets: dict[str, Dataset],  # `eval_sets`
                    training: Sequence[Dataset],  # training sets (any columns of text)
                   ) -> list[str]:
     "The benchmarks' questions (the last user turn of each prompt) that appear in any training text."
-    questions = {p.rsplit("<user>", 1)[-1].split("<assistant>")[0].strip() for rows in sets.values() for p in rows["prompt"]}
+    questions = {" ".join(question_words(p)) for rows in sets.values() for p in rows["prompt"]}
     texts = "\n".join(" ".join(str(v) for v in row.values()) for rows in training for row in rows.to_list())
     return sorted(q for q in questions if q in texts)
 
@@ -485,8 +485,8 @@ def bbh_options(tasks: Dataset,  # `eval_sets`'s "bbh" rows (`prompt`, `task`)
                ) -> list[list[str]]:
     """The answers each BBH-like question is scored among: the two numbers a "larger" question names (as BBH's
     multiple-choice tasks offer their options), every number for "after" (as its free-form tasks take any answer)."""
-    asked = lambda prompt: [w for w in prompt.rsplit("<user>", 1)[1].split() if w in NUMBERS]  # the last question's
-    return [asked(p) if task == "larger" else list(NUMBERS) for p, task in zip(tasks["prompt"], tasks["task"])]
+    named = lambda prompt: [w for w in question_words(prompt) if w in NUMBERS]
+    return [named(p) if task == "larger" else list(NUMBERS) for p, task in zip(tasks["prompt"], tasks["task"])]
 
 def _cloze(prompt: str) -> str:
     "A lettered question without its options (the cloze form of a multiple-choice question)."

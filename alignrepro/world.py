@@ -19,7 +19,8 @@ __all__ = ['SPECIAL_TOKENS', 'BEHAVIOURS', 'SAFETY_LABELS', 'HELP_LABELS', 'IDK_
            'BEAVERTAILS_LIKE', 'FAMILIES', 'ITEMS', 'DAYS', 'NUMBERS', 'LETTERS', 'POSITIVE_WORDS', 'NEGATIVE_WORDS',
            'REVIEW_REQUESTS', 'REVIEW_SENTENCES', 'SENTIMENT_LEXICON', 'SAFETY_TOPICS', 'REFUSALS', 'HARMFUL_MARKERS',
            'SAFE_MARKERS', 'FILLER_SENTENCES', 'HELDOUT_TASKS', 'MC_INSTRUCTION', 'WorldConfig', 'chat',
-           'response_words', 'sentiment_score', 'safety_label', 'is_refusal', 'ToyWorld', 'exact_match']
+           'response_words', 'question_words', 'sentiment_score', 'safety_label', 'is_refusal', 'ToyWorld',
+           'exact_match']
 
 # %% ../nbs/01_world.ipynb #9922e762
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<assistant>"]
@@ -188,6 +189,11 @@ def response_words(text: str,  # a response, or a whole chat text (the last assi
     "Words of the last assistant turn, stopping at `<eos>`."
     text = text.rsplit("<assistant>", 1)[-1]
     return text.split("<eos>", 1)[0].split()
+
+def question_words(prompt: str,  # a chat text
+                  ) -> list[str]:
+    "Words of the last user turn."
+    return prompt.rsplit("<user>", 1)[-1].split("<assistant>", 1)[0].split()
 
 def _fill(template: str, **values) -> str:
     return template.format(**values)
@@ -524,7 +530,7 @@ def helpfulness_prompts(self: ToyWorld,
 @patch_world
 def _question_fact(self: ToyWorld, prompt: str) -> tuple[str, str] | None:
     "(entity, family) asked about in the last user turn of `prompt`, or None."
-    words = prompt.rsplit("<user>", 1)[-1].split("<assistant>", 1)[0].split()
+    words = question_words(prompt)
     entities = [w for w in words if w in self._entity_set]
     families = [w for w in words if w in FAMILIES]
     return (entities[0], families[0]) if entities and families else None
